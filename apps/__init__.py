@@ -1,0 +1,1 @@
+"""edgekit.apps: demo applications that run through the edgekit facade under a latency budget."""

@@ -1,0 +1,192 @@
+"""LiteRT (TFLite) backend: runs ``.tflite`` files with ai_edge_litert, else tflite_runtime.
+
+Tensors are bound by signature (or by index when the model has none), never by the tensor names a
+converter happened to emit. One Interpreter is not thread-safe, so a small pool serves concurrent calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import queue
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BackendUnavailable, EdgekitError, InputError, ModelLoadError
+from edgekit.specs import TensorSpec
+
+from . import register
+from .base import Backend, Runner
+
+_PROVIDERS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+
+
+def interpreter_class():
+    """The Interpreter class of the preferred installed TFLite runtime."""
+    errors = []
+    for mod in _PROVIDERS:
+        if importlib.util.find_spec(mod.split(".")[0]) is None:
+            continue
+        try:
+            return importlib.import_module(mod).Interpreter
+        except Exception as exc:  # e.g. tflite_runtime built against numpy 1
+            errors.append(f"{mod}: {exc}")
+    detail = f" ({'; '.join(errors)})" if errors else ""
+    raise BackendUnavailable(
+        f"no TFLite runtime is usable{detail}; install it with: pip install 'edgekit[tflite]'"
+    )
+
+
+def _clean(name: str) -> str:
+    """``serving_default_input:0`` -> ``input``; ``StatefulPartitionedCall:0`` stays meaningful."""
+    name = re.sub(r":\d+$", "", name)
+    return re.sub(r"^serving_default_", "", name)
+
+
+def _shape(detail: dict) -> tuple:
+    sig = detail.get("shape_signature")
+    dims = sig if sig is not None and len(sig) else detail["shape"]
+    return tuple(None if int(d) < 0 else int(d) for d in dims)
+
+
+class LiteRTRunner(Runner):
+    backend = "litert"
+
+    def __init__(self, make, first):
+        self._make = make
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        interp = first
+        sigs = interp.get_signature_list()
+        self._sig_key = next(iter(sigs)) if len(sigs) == 1 else None
+        if self._sig_key is not None:
+            runner = interp.get_signature_runner(self._sig_key)
+            ins = runner.get_input_details()
+            outs = runner.get_output_details()
+            self._in_keys = list(ins)
+            self._out_keys = list(outs)
+            self.inputs = [TensorSpec(k, _shape(d), np.dtype(d["dtype"])) for k, d in ins.items()]
+            self.outputs = [TensorSpec(k, _shape(d), np.dtype(d["dtype"])) for k, d in outs.items()]
+        else:
+            ins = interp.get_input_details()
+            outs = interp.get_output_details()
+            self._in_index = [d["index"] for d in ins]
+            self._out_index = [d["index"] for d in outs]
+            self.inputs = [TensorSpec(_clean(d["name"]), _shape(d), np.dtype(d["dtype"])) for d in ins]
+            self.outputs = [TensorSpec(_clean(d["name"]), _shape(d), np.dtype(d["dtype"])) for d in outs]
+            self._in_shapes = [tuple(d["shape"]) for d in ins]
+        self._release(self._wrap(interp))
+
+    def _wrap(self, interp):
+        if self._sig_key is not None:
+            return interp.get_signature_runner(self._sig_key)
+        return interp
+
+    def _acquire(self):
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            return self._wrap(self._make())
+
+    def _release(self, item) -> None:
+        self._pool.put(item)
+
+    def run(self, feeds, output_names):
+        item = self._acquire()
+        try:
+            if self._sig_key is not None:
+                res = item(**feeds)
+                names = output_names or self._out_keys
+                return {n: res[n] for n in names}
+            return self._run_indexed(item, feeds, output_names)
+        except EdgekitError:
+            raise
+        except Exception as exc:
+            raise EdgekitError(f"LiteRT failed: {exc}") from exc
+        finally:
+            self._release(item)
+
+    def _run_indexed(self, interp, feeds, output_names):
+        resized = False
+        for i, spec in enumerate(self.inputs):
+            value = feeds[spec.name]
+            if value.shape != self._in_shapes[i]:
+                interp.resize_tensor_input(self._in_index[i], value.shape)
+                resized = True
+        if resized:
+            interp.allocate_tensors()
+        for i, spec in enumerate(self.inputs):
+            interp.set_tensor(self._in_index[i], feeds[spec.name])
+        interp.invoke()
+        out = {}
+        for spec, idx in zip(self.outputs, self._out_index):
+            if output_names is None or spec.name in output_names:
+                out[spec.name] = interp.get_tensor(idx).copy()
+        return out
+
+
+@register
+class LiteRTBackend(Backend):
+    name = "litert"
+    formats = ("tflite",)
+    extra = "tflite"
+    description = "LiteRT / TFLite interpreter (ai-edge-litert, or tflite-runtime)"
+
+    def _probe(self) -> str | None:
+        try:
+            interpreter_class()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    def version(self) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        for dist in ("ai-edge-litert", "tflite-runtime"):
+            try:
+                return f"{dist} {version(dist)}"
+            except PackageNotFoundError:
+                continue
+        return None
+
+    def open(self, path: Path, threads: int | None = None, **options: Any) -> Runner:
+        if options:
+            raise InputError(f"unknown option(s) for litert: {', '.join(sorted(options))}")
+        Interpreter = interpreter_class()
+        content = Path(path).read_bytes()
+
+        def make():
+            interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None)
+            interp.allocate_tensors()
+            return interp
+
+        try:
+            first = make()
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path}: cannot load TFLite model: {msg}") from None
+        return LiteRTRunner(make, first)
+
+    def inspect(self, path: Path) -> dict:
+        Interpreter = interpreter_class()
+        try:
+            interp = Interpreter(model_path=str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load TFLite model: {exc}") from None
+        ops = interp._get_ops_details()
+        produced = {t for op in ops for t in op["outputs"]}
+        graph_inputs = {d["index"] for d in interp.get_input_details()}
+        params = 0
+        for t in interp.get_tensor_details():
+            if t["index"] not in produced and t["index"] not in graph_inputs:
+                shape = t["shape"]
+                params += int(np.prod(shape)) if len(shape) else 1
+        return {
+            "ops": dict(Counter(op["op_name"] for op in ops).most_common()),
+            "nodes": len(ops),
+            "parameters": params,
+            "signatures": list(interp.get_signature_list()),
+        }

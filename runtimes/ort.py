@@ -1,0 +1,134 @@
+"""ONNX Runtime backend: runs ``.onnx`` files (threads, execution providers, optimization level)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, InputError, ModelLoadError
+from edgekit.specs import TensorSpec
+
+from . import register
+from .base import Backend, Runner
+
+#: ONNX Runtime type strings -> numpy dtypes
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+    "tensor(string)": np.str_,
+}
+
+
+class RunError(EdgekitError):
+    """A backend failed while running a model."""
+
+
+def _spec(arg) -> TensorSpec:
+    dtype = _ORT_DTYPES.get(arg.type)
+    if dtype is None:
+        raise ModelLoadError(f"tensor {arg.name!r} has unsupported type {arg.type}")
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+    return TensorSpec(arg.name, shape, np.dtype(dtype))
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, sess):
+        self._sess = sess
+        self.inputs = [_spec(a) for a in sess.get_inputs()]
+        self.outputs = [_spec(a) for a in sess.get_outputs()]
+        self._all_outputs = [s.name for s in self.outputs]
+        self.providers = sess.get_providers()
+
+    def run(self, feeds, output_names):
+        names = output_names or self._all_outputs
+        try:
+            values = self._sess.run(names, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise RunError(f"onnxruntime failed: {exc}") from exc
+        return dict(zip(names, values))
+
+
+@register
+class OrtBackend(Backend):
+    name = "onnxruntime"
+    formats = ("onnx",)
+    extra = ""
+    description = "ONNX Runtime (CPU; other execution providers when installed)"
+
+    def _probe(self) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    def version(self) -> str | None:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def open(self, path: Path, threads: int | None = None, providers: list[str] | None = None,
+             optimization: str = "all", **options: Any) -> Runner:
+        import onnxruntime as ort
+
+        if options:
+            raise InputError(f"unknown option(s) for onnxruntime: {', '.join(sorted(options))}")
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        levels = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if optimization not in levels:
+            raise InputError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}")
+        so.graph_optimization_level = levels[optimization]
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        if providers:
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise InputError(f"execution provider(s) {missing} not available; available: {available}")
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path}: cannot load ONNX model: {msg}") from None
+        return OrtRunner(sess)
+
+    def inspect(self, path: Path) -> dict:
+        return inspect_onnx(path)
+
+
+def inspect_onnx(path: Path) -> dict:
+    """Op histogram, parameter count and opset of an ONNX file."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot parse ONNX model: {exc}") from None
+    g = model.graph
+    ops = Counter(n.op_type for n in g.node)
+    params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in g.initializer)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    return {
+        "ops": dict(ops.most_common()),
+        "nodes": len(g.node),
+        "parameters": params,
+        "opset": opsets.get("ai.onnx"),
+        "opsets": opsets,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "ir_version": model.ir_version,
+    }

@@ -1,0 +1,139 @@
+"""TVM backend: runs a Relax VM executable (``export_library`` .so) described by a JSON signature.
+
+The JSON sidecar (same stem, ``.json``) holds ``{"format": "edgekit-tvm", "library": ..., "inputs": [...],
+"outputs": [...], "target": ...}``. Only the TVM runtime is loaded (``TVM_USE_RUNTIME_LIB=1``) unless the
+compiler was already imported in this process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, InputError, ModelLoadError
+from edgekit.formats import tvm_sidecar
+from edgekit.specs import TensorSpec
+
+from . import register
+from .base import Backend, Runner
+
+SIGNATURE_FORMAT = "edgekit-tvm"
+
+
+def import_tvm_runtime():
+    """Import TVM, runtime-only unless the compiler is already loaded."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    return tvm, VirtualMachine
+
+
+def read_signature(path: Path) -> tuple[dict, Path]:
+    """(signature dict, library path) for a TVM ``.so`` or its ``.json`` sidecar."""
+    path = Path(path)
+    meta_path = path if path.suffix == ".json" else tvm_sidecar(path)
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{path}: no signature file {meta_path.name} next to the TVM library")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{meta_path}: invalid JSON ({exc})") from None
+    if meta.get("format") != SIGNATURE_FORMAT:
+        raise ModelLoadError(f"{meta_path}: not an edgekit TVM signature (format={meta.get('format')!r})")
+    lib = meta_path.parent / meta.get("library", meta_path.with_suffix(".so").name)
+    if lib.resolve().parent != meta_path.parent.resolve():
+        raise ModelLoadError(f"{meta_path}: library path {meta.get('library')!r} leaves its folder")
+    if not lib.is_file():
+        raise ModelLoadError(f"{meta_path}: library {lib.name} is missing")
+    return meta, lib
+
+
+class TvmRunner(Runner):
+    backend = "tvm"
+
+    def __init__(self, meta: dict, lib_path: Path, threads: int | None):
+        tvm, VirtualMachine = import_tvm_runtime()
+        self._tvm = tvm
+        try:
+            self._lib = tvm.runtime.load_module(str(lib_path))
+        except Exception as exc:
+            raise ModelLoadError(f"{lib_path}: cannot load TVM library: {str(exc).splitlines()[0]}") from None
+        self._entry = meta.get("entry", "main")
+        self._dev = tvm.cpu()
+        self._make = lambda: VirtualMachine(self._lib, self._dev)
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        try:
+            self._pool.put(self._make())
+        except Exception as exc:
+            raise ModelLoadError(f"{lib_path}: not a Relax VM executable: {str(exc).splitlines()[0]}") from None
+        self.inputs = [TensorSpec.from_json(s) for s in meta["inputs"]]
+        self.outputs = [TensorSpec.from_json(s) for s in meta["outputs"]]
+        self.target = meta.get("target")
+        if threads:
+            os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
+
+    def run(self, feeds, output_names):
+        tvm = self._tvm
+        try:
+            vm = self._pool.get_nowait()
+        except queue.Empty:
+            vm = self._make()
+        try:
+            args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self._dev) for s in self.inputs]
+            res = vm[self._entry](*args)
+        except Exception as exc:
+            raise EdgekitError(f"TVM failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            self._pool.put(vm)
+        values = [res] if hasattr(res, "numpy") else list(res)
+        out = {}
+        for spec, value in zip(self.outputs, values):
+            if output_names is None or spec.name in output_names:
+                out[spec.name] = value.numpy()
+        return out
+
+
+@register
+class TvmBackend(Backend):
+    name = "tvm"
+    formats = ("tvm",)
+    extra = "tvm"
+    description = "Apache TVM Relax VM (runtime only)"
+
+    def _probe(self) -> str | None:
+        if importlib.util.find_spec("tvm") is None:
+            return "apache-tvm is not installed; install it with: pip install 'edgekit[tvm]'"
+        return None
+
+    def version(self) -> str | None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("apache-tvm")
+        except PackageNotFoundError:
+            return None
+
+    def open(self, path: Path, threads: int | None = None, **options: Any) -> Runner:
+        if options:
+            raise InputError(f"unknown option(s) for tvm: {', '.join(sorted(options))}")
+        meta, lib = read_signature(path)
+        return TvmRunner(meta, lib, threads)
+
+    def inspect(self, path: Path) -> dict:
+        meta, lib = read_signature(path)
+        return {
+            "target": meta.get("target"),
+            "library": lib.name,
+            "source_ops": meta.get("source_ops", {}),
+            "ops": meta.get("source_ops", {}),
+            "parameters": meta.get("parameters"),
+        }

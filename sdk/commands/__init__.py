@@ -1,0 +1,8 @@
+"""CLI commands, one module each; every module has ``register(subparsers)``. Add a command: one line here."""
+
+COMMANDS = (
+    "backends",
+    "inspect",
+    "run",
+    "bench",
+)

@@ -1,0 +1,120 @@
+"""Small ONNX models built in-process for the tests (no downloads): MLP, CNN, two-input, BERT-like block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _model(graph, opset: int = OPSET) -> onnx.ModelProto:
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgekit-tests")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _w(rng, *shape, scale=0.3) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def mlp(batch: int | str = "N", d_in: int = 16, d_hidden: int = 32, d_out: int = 10, seed: int = 0):
+    """x[batch, d_in] -> Gemm -> Relu -> Gemm -> logits[batch, d_out]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, d_in, d_hidden), "W1"),
+             numpy_helper.from_array(_w(rng, d_hidden, scale=0.1), "b1"),
+             numpy_helper.from_array(_w(rng, d_hidden, d_out), "W2"),
+             numpy_helper.from_array(_w(rng, d_out, scale=0.1), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
+             helper.make_node("Add", ["h3", "b2"], ["logits"])]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, d_in])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, d_out])], inits)
+    return _model(g)
+
+
+def cnn(batch: int = 1, channels: int = 3, size: int = 16, classes: int = 10, seed: int = 0):
+    """image[1,3,16,16] -> Conv/Relu x2 -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, 8, channels, 3, 3), "c1w"),
+             numpy_helper.from_array(_w(rng, 8, scale=0.1), "c1b"),
+             numpy_helper.from_array(_w(rng, 16, 8, 3, 3, scale=0.2), "c2w"),
+             numpy_helper.from_array(_w(rng, 16, scale=0.1), "c2b"),
+             numpy_helper.from_array(_w(rng, classes, 16), "fw"),
+             numpy_helper.from_array(_w(rng, classes, scale=0.1), "fb")]
+    nodes = [
+        helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2w", "c2b"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    g = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])], inits)
+    return _model(g)
+
+
+def two_inputs():
+    """a[2,3] float, b[2,3] float, k[] int64 unused-but-typed -> sum = a + b, prod = a * b."""
+    nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])]
+    g = helper.make_graph(
+        nodes, "two",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("prod", TensorProto.FLOAT, [2, 3])])
+    return _model(g)
+
+
+def bert_block(seq: int = 8, hidden: int = 32, vocab: int = 100, seed: int = 0):
+    """input_ids[1, seq] int64 -> embedding -> self-attention -> LayerNorm -> GELU MLP -> hidden[1, seq, H]."""
+    rng = np.random.default_rng(seed)
+    H = hidden
+    inits = {
+        "emb": _w(rng, vocab, H, scale=0.5), "Wq": _w(rng, H, H, scale=0.2), "Wk": _w(rng, H, H, scale=0.2),
+        "Wv": _w(rng, H, H, scale=0.2), "Wo": _w(rng, H, H, scale=0.2), "W1": _w(rng, H, 2 * H, scale=0.2),
+        "W2": _w(rng, 2 * H, H, scale=0.2), "gamma": np.ones(H, np.float32), "beta": np.zeros(H, np.float32),
+        "scale": np.array(1.0 / np.sqrt(H), np.float32), "sqrt2": np.array(np.sqrt(2.0), np.float32),
+        "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32),
+    }
+    n = helper.make_node
+    nodes = [
+        n("Gather", ["emb", "input_ids"], ["x"]),
+        n("MatMul", ["x", "Wq"], ["q"]), n("MatMul", ["x", "Wk"], ["k"]), n("MatMul", ["x", "Wv"], ["v"]),
+        n("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        n("MatMul", ["q", "kt"], ["s0"]), n("Mul", ["s0", "scale"], ["s1"]),
+        n("Softmax", ["s1"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["a0"]),
+        n("MatMul", ["a0", "Wo"], ["a1"]), n("Add", ["a1", "x"], ["r0"]),
+        n("LayerNormalization", ["r0", "gamma", "beta"], ["ln"], axis=-1, epsilon=1e-5),
+        n("MatMul", ["ln", "W1"], ["f0"]),
+        n("Div", ["f0", "sqrt2"], ["g0"]), n("Erf", ["g0"], ["g1"]), n("Add", ["g1", "one"], ["g2"]),
+        n("Mul", ["f0", "g2"], ["g3"]), n("Mul", ["g3", "half"], ["gelu"]),
+        n("MatMul", ["gelu", "W2"], ["f1"]), n("Add", ["f1", "ln"], ["hidden"]),
+    ]
+    g = helper.make_graph(
+        nodes, "bert_block", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, seq, H])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return _model(g)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_reference(path: Path, feeds: dict) -> dict:
+    """Outputs of plain onnxruntime (the reference every test compares against)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
