@@ -5,4 +5,6 @@ COMMANDS = (
     "inspect",
     "run",
     "bench",
+    "boards",
+    "doctor",
 )

@@ -1,0 +1,119 @@
+"""``edgekit doctor``: what works here (runtimes, delegates, extras, camera, cross compilers), the detected
+board, and what to install for what is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import sys
+
+from edgekit import __version__, boards
+from edgekit._extras import install_hint
+from edgekit.loader import backends
+
+from ._common import print_json, table
+
+#: optional Python modules edgekit uses: (module, extra or pip name, what for)
+OPTIONAL = (
+    ("ai_edge_litert", "edgekit[tflite]", "run .tflite models (LiteRT)"),
+    ("tvm", "edgekit[tvm]", "compile and run TVM kernels"),
+    ("coremltools", "edgekit[coreml]", "build Core ML packages (prediction needs macOS)"),
+    ("torch", "edgekit[torch]", "convert PyTorch models"),
+    ("onnxslim", "edgekit[convert]", "slim ONNX graphs before export"),
+    ("tokenizers", "edgekit[apps]", "text apps (tokenizer)"),
+    ("sklearn", "edgekit[apps]", "app metrics"),
+    ("matplotlib", "edgekit[plot]", "plots in reports"),
+    ("picamera2", "picamera2 (apt install python3-picamera2 on Raspberry Pi OS)", "Pi app: Raspberry Pi camera"),
+    ("cv2", "opencv-python-headless", "Pi app: USB camera through OpenCV"),
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check which runtimes, delegates and extras work here, and the board")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def _hint(pkg: str) -> str:
+    return f"pip install '{pkg}'" if pkg.startswith("edgekit[") or " " not in pkg else pkg
+
+
+def delegates(available: set[str]) -> list[dict]:
+    """Hardware/accelerated execution paths: onnxruntime execution providers, XNNPACK, Core ML."""
+    rows = []
+    if "onnxruntime" in available:
+        import onnxruntime as ort
+
+        for prov in ort.get_available_providers():
+            rows.append({"delegate": prov, "runtime": "onnxruntime", "usable": True, "note": ""})
+    if "litert" in available:
+        rows.append({"delegate": "xnnpack", "runtime": "litert", "usable": True,
+                     "note": "LiteRT's default CPU delegate"})
+    mac = platform.system() == "Darwin"
+    rows.append({"delegate": "coreml (CPU/GPU/Neural Engine)", "runtime": "coreml", "usable": "coreml" in available,
+                 "note": "" if "coreml" in available else ("pip install 'edgekit[coreml]'" if mac else "needs macOS")})
+    return rows
+
+
+def diagnose() -> dict:
+    """Everything ``doctor`` reports, as a dict."""
+    rows = backends()
+    usable = {r["name"] for r in rows if r["available"]}
+    board = boards.host_profile()
+    mods = []
+    for mod, pkg, purpose in OPTIONAL:
+        present = importlib.util.find_spec(mod) is not None
+        mods.append({"module": mod, "installed": present, "for": purpose, "install": None if present else _hint(pkg)})
+    compilers = []
+    for prof in boards.profiles():
+        if prof.cross_compiler and prof.cross_compiler not in [c["compiler"] for c in compilers]:
+            found = shutil.which(prof.cross_compiler)
+            compilers.append({"compiler": prof.cross_compiler, "found": found is not None, "path": found,
+                              "install": None if found else "apt install g++-aarch64-linux-gnu"})
+    todo = []
+    for r in rows:
+        reason = r["reason"] or ""
+        if not r["available"] and "install" in reason.lower():  # not e.g. "needs macOS": nothing to install
+            fix = install_hint(r["extra"]) if r["extra"] and "not installed" in reason else reason
+            todo.append(f"backend {r['name']}: {fix}")
+    for rt in board.preferred_runtimes:
+        if rt not in usable and rt in {r["name"] for r in rows}:
+            todo.append(f"board {board.name} prefers runtime {rt}, which is not usable here")
+    todo += [f"{m['module']} ({m['for']}): {m['install']}" for m in mods if not m["installed"]]
+    todo += [f"{c['compiler']} (TVM cross-compiling for aarch64 boards): {c['install']}" for c in compilers
+             if not c["found"]]
+    return {
+        "edgekit": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "machine": platform.machine(),
+        "board": {"name": board.name, "title": board.title, "cores": board.cores, "memory_gb": board.memory_gb},
+        "backends": rows, "delegates": delegates(usable), "modules": mods, "cross_compilers": compilers,
+        "missing": todo, "ok": bool(usable),
+    }
+
+
+def run(args) -> int:
+    rep = diagnose()
+    if args.json:
+        print_json(rep)
+        return 0 if rep["ok"] else 1
+    b = rep["board"]
+    print(f"edgekit {rep['edgekit']}, Python {rep['python']}, {rep['platform']}")
+    print(f"board: {b['name']} ({b['title']}), {b['cores']} cores, {b['memory_gb']} GB\n")
+    print(table([{"backend": r["name"], "usable": r["available"], "version": r["version"],
+                  "note": r["reason"] or ""} for r in rep["backends"]]))
+    print()
+    print(table(rep["delegates"]))
+    print()
+    print(table([{"module": m["module"], "installed": m["installed"], "for": m["for"]} for m in rep["modules"]]))
+    print()
+    if rep["missing"]:
+        print("to install or fix:")
+        for line in rep["missing"]:
+            print(f"  - {line}")
+    else:
+        print("nothing missing")
+    if not rep["ok"]:
+        print("no runtime is usable: pip install edgekit (onnxruntime) first", file=sys.stderr)
+        return 1
+    return 0
