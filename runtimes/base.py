@@ -52,3 +52,35 @@ class Backend:
     def inspect(self, path: Path) -> dict:
         """Format-level facts (ops histogram, params, opset ...) without running the model."""
         return {}
+
+
+class RenamedRunner(Runner):
+    """Presents another runner's tensors under other names, matched by position.
+
+    Converters name tensors as they please (``serving_default_x:0``, ``Identity``): a bundle maps the
+    artifact's tensors to the source model's names by their order.
+    """
+
+    def __init__(self, inner: Runner, input_names: Sequence[str], output_names: Sequence[str]):
+        if len(input_names) != len(inner.inputs) or len(output_names) != len(inner.outputs):
+            from edgekit.errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"artifact has {len(inner.inputs)} inputs / {len(inner.outputs)} outputs, the manifest names "
+                f"{len(input_names)} / {len(output_names)}")
+        self._inner = inner
+        self.backend = inner.backend
+        self.inputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(input_names, inner.inputs)]
+        self.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(output_names, inner.outputs)]
+        self._in_map = {n: s.name for n, s in zip(input_names, inner.inputs)}
+        self._out_map = {s.name: n for n, s in zip(output_names, inner.outputs)}
+        self._out_rev = {v: k for k, v in self._out_map.items()}
+
+    def run(self, feeds, output_names):
+        inner_feeds = {self._in_map[k]: v for k, v in feeds.items()}
+        names = [self._out_rev[n] for n in output_names] if output_names else None
+        res = self._inner.run(inner_feeds, names)
+        return {self._out_map[k]: v for k, v in res.items()}
+
+    def close(self) -> None:
+        self._inner.close()

@@ -92,7 +92,7 @@ class OrtBackend(Backend):
         if optimization not in levels:
             raise InputError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}")
         so.graph_optimization_level = levels[optimization]
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures surface as exceptions, not log lines
         available = ort.get_available_providers()
         if providers:
             missing = [p for p in providers if p not in available]

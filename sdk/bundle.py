@@ -15,6 +15,7 @@ from typing import Any
 from . import runtimes
 from ._fs import sha256_path
 from .errors import BackendUnavailable, InputError, ModelLoadError
+from .runtimes.base import RenamedRunner
 from .specs import TensorSpec
 
 SCHEMA_VERSION = 1
@@ -151,6 +152,11 @@ class Bundle:
         sess = load(self.artifact(v), backend=backend, **options)
         if not isinstance(sess, Session):  # pragma: no cover - defensive
             raise ModelLoadError(f"{self.path}: variant {v.id} did not load as a session")
+        want_in = [s.name for s in v.inputs]
+        want_out = [s.name for s in v.outputs]
+        if want_in and want_out and (want_in != [s.name for s in sess.inputs]
+                                     or want_out != [s.name for s in sess.outputs]):
+            sess = Session(RenamedRunner(sess._runner, want_in, want_out), path=sess.path, fmt=sess.format)
         sess.variant = v.id
         return sess
 
