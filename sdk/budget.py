@@ -1,0 +1,225 @@
+"""``BudgetedSession``: run a bundle under a latency budget, choosing among its variants on every call.
+
+On first use on a device each runnable, validated variant is warmed up and measured (the profile is cached,
+see :mod:`edgekit.profile_cache`); then every call runs the most accurate variant predicted to meet the
+budget (:mod:`edgekit.latency`), adapting when the device slows down or recovers, and accounts for it
+(``last_run``, ``stats()``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from .bench import percentiles
+from .bundle import Bundle, Variant
+from .errors import BackendUnavailable, DeadlineError, InputError
+from .latency import LatencyModel
+from .profile_cache import ProfileCache, measure
+from .specs import TensorSpec, normalize_feeds, random_feeds
+
+#: per-variant latencies kept for ``stats()`` percentiles, and run records kept in ``history``
+_KEEP = 100_000
+
+
+def check_budget(budget_ms: Any, what: str = "budget_ms") -> float:
+    """A budget must be a finite number > 0 (milliseconds); anything else is an :class:`InputError`."""
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real):
+        raise InputError(f"{what} must be a number of milliseconds > 0, got {budget_ms!r}")
+    value = float(budget_ms)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{what} must be a finite number of milliseconds > 0, got {budget_ms!r}")
+    return value
+
+
+class BudgetedSession:
+    """A bundle opened under a latency budget: ``run(feeds)`` picks a variant per call.
+
+    - ``budget_ms``: the default budget of each call (``run(..., budget_ms=...)`` overrides it per call).
+    - ``variants``: restrict the choice to these ids (a single id: accounting only, no choice).
+    - ``strict``: when no variant is predicted to fit, raise :class:`DeadlineError` instead of running the
+      fastest and counting a miss.
+    - ``profile``: ``"cache"`` (default: measure once per device and bundle, cached), ``"measure"`` (always
+      measure, do not write the cache) or a dict ``{id: {"p50_ms": .., "p95_ms": .., "p99_ms": ..}}``.
+    - ``cache_dir``: where profiles are cached (default: see :func:`edgekit.profile_cache.cache_dir`).
+    - ``quantile``, ``window``, ``margin``, ``dwell``, ``probe_every``, ``horizon``: the latency model's
+      settings (see :class:`edgekit.latency.LatencyModel`).
+    - other options (``threads``, ``providers`` ...) go to the backend of every variant.
+    """
+
+    def __init__(self, bundle: Bundle, budget_ms: float, backend: str = "auto",
+                 variants: str | Sequence[str] | None = None, strict: bool = False,
+                 profile: str | Mapping[str, Mapping[str, float]] = "cache", cache_dir: Any = None,
+                 quantile: float = 0.95, window: int = 32, margin: float = 0.15, dwell: int = 20,
+                 probe_every: int = 50, horizon: int = 200, **options: Any):
+        self.bundle = bundle
+        self.budget_ms = check_budget(budget_ms)
+        self.strict = bool(strict)
+        self._backend_choice = backend
+        self._options = dict(options)
+        self.candidates = self._candidates(bundle, backend, variants)
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        first = self.candidates[0]
+        specs = [TensorSpec.from_json(s) for s in bundle.manifest.get("inputs") or []]
+        self.inputs: list[TensorSpec] = specs or list(first.inputs)
+        out_specs = [TensorSpec.from_json(s) for s in bundle.manifest.get("outputs") or []]
+        self.outputs: list[TensorSpec] = out_specs or list(first.outputs)
+        if not self.inputs:  # a manifest without specs: ask the artifact
+            sess = self._session(first.id)
+            self.inputs, self.outputs = list(sess.inputs), list(sess.outputs)
+        self.profile_cache: ProfileCache | None = None
+        self.profile = self._profile(profile, cache_dir)
+        ids = [v.id for v in self.candidates]
+        self.model = LatencyModel(ids, self.profile, quantile=quantile, window=window, margin=margin,
+                                  dwell=dwell, probe_every=probe_every, horizon=horizon)
+        self.accuracy = {v.id: v.accuracy for v in self.candidates}
+        self._lat: dict[str, deque] = {v: deque(maxlen=_KEEP) for v in ids}
+        self._calls = dict.fromkeys(ids, 0)
+        self._misses = dict.fromkeys(ids, 0)
+        self.refused = 0
+        #: one record per run: (seconds since the session opened, variant, latency_ms, budget_ms, probe)
+        self.history: deque[tuple[float, str, float, float, bool]] = deque(maxlen=_KEEP)
+        self._t0 = time.perf_counter()
+        self.last_run: dict | None = None
+
+    # -- set-up -----------------------------------------------------------------------------------
+    @staticmethod
+    def _candidates(bundle: Bundle, backend: str, variants: str | Sequence[str] | None) -> list[Variant]:
+        runnable = bundle.runnable(backend)
+        if variants is not None:
+            wanted = [variants] if isinstance(variants, str) else list(variants)
+            for vid in wanted:
+                bundle.variant(vid)  # InputError for an unknown id
+            cands = [v for v in runnable if v.id in wanted]
+            if not cands:
+                raise BackendUnavailable(f"{bundle.path}: none of the variants {wanted} can run here")
+            return cands
+        cands = [v for v in runnable if v.passed]
+        if not cands:
+            bundle.best(backend)  # raises BackendUnavailable with the reasons
+        return cands
+
+    def _session(self, vid: str):
+        sess = self._sessions.get(vid)
+        if sess is None:
+            with self._load_lock:
+                sess = self._sessions.get(vid)
+                if sess is None:
+                    sess = self.bundle.load(vid, backend=self._backend_choice, **self._options)
+                    self._sessions[vid] = sess
+        return sess
+
+    def _profile(self, profile, cache_dir) -> dict[str, dict]:
+        ids = [v.id for v in self.candidates]
+        if isinstance(profile, Mapping):
+            missing = [v for v in ids if v not in profile or "p50_ms" not in profile[v]]
+            if missing:
+                raise InputError(f"profile has no p50_ms for variant(s) {missing}")
+            return {v: dict(profile[v]) for v in ids}
+        if profile not in ("cache", "measure"):
+            raise InputError(f"profile must be 'cache', 'measure' or a dict of figures, got {profile!r}")
+        feeds = random_feeds(self.inputs, seed=0)
+
+        def measure_one(vid: str) -> dict:
+            sess = self._session(vid)
+            return measure(lambda: sess.run(feeds))
+
+        if profile == "measure":
+            return {v: measure_one(v) for v in ids}
+        opts = {"backend": self._backend_choice, **self._options}
+        self.profile_cache = ProfileCache(self.bundle, opts, root=cache_dir)
+        return self.profile_cache.get(ids, measure_one)
+
+    # -- running ----------------------------------------------------------------------------------
+    @property
+    def variant(self) -> str:
+        """The variant the next call will run (absent a probe)."""
+        if self.model.current is not None:
+            return self.model.current
+        preds = self.model.predictions()
+        fit = [v for v in self.variants if preds[v] <= self.budget_ms]
+        return fit[0] if fit else min(self.variants, key=lambda v: preds[v])
+
+    @property
+    def backend(self) -> str:
+        return self._session(self.variant).backend
+
+    @property
+    def variants(self) -> list[str]:
+        """The candidate variant ids, most accurate first."""
+        return [v.id for v in self.candidates]
+
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None,
+            budget_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Run the best variant predicted to meet ``budget_ms`` (default: the session's budget)."""
+        budget = self.budget_ms if budget_ms is None else check_budget(budget_ms)
+        checked = normalize_feeds(self.inputs, feeds)
+        with self._lock:
+            decision = self.model.choose(budget)
+            if not decision.fits and self.strict:
+                self.refused += 1
+                preds = self.model.predictions()
+                raise DeadlineError(
+                    f"no variant of {self.bundle.path.name} is predicted to meet {budget:.3f} ms (predicted "
+                    + ", ".join(f"{v} {p:.3f} ms" for v, p in preds.items()) + ")")
+        sess = self._session(decision.variant)
+        t0 = time.perf_counter()
+        result = sess.run(checked, outputs)
+        t1 = time.perf_counter()
+        latency = (t1 - t0) * 1e3
+        met = latency <= budget
+        vid = decision.variant
+        with self._lock:
+            self.model.observe(vid, latency, budget, probe=decision.probe)
+            self._lat[vid].append(latency)
+            self._calls[vid] += 1
+            if not met:
+                self._misses[vid] += 1
+            self.history.append((t0 - self._t0, vid, latency, budget, decision.probe))
+            self.last_run = {"variant": vid, "latency_ms": latency, "budget_ms": budget, "deadline_met": met,
+                             "predicted_ms": decision.predicted_ms, "probe": decision.probe}
+        return result
+
+    def stats(self) -> dict:
+        """Per variant: calls, misses, p50/p95/p99; totals, switches, probes and the variant mix."""
+        with self._lock:
+            per = {}
+            total = sum(self._calls.values())
+            for v in self.variants:
+                row = {"calls": self._calls[v], "misses": self._misses[v], "accuracy": self.accuracy[v],
+                       "share": self._calls[v] / total if total else 0.0,
+                       "predicted_ms": self.model.predict(v), "profile_p50_ms": self.profile[v].get("p50_ms")}
+                if self._lat[v]:
+                    p = percentiles(np.fromiter(self._lat[v], float))
+                    row.update({k: p[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")})
+                per[v] = row
+            misses = sum(self._misses.values())
+            mean_acc = (sum(self._calls[v] * self.accuracy[v] for v in self.variants) / total) if total else None
+            return {"budget_ms": self.budget_ms, "calls": total, "misses": misses,
+                    "within_budget": (total - misses) / total if total else None, "mean_accuracy": mean_acc,
+                    "switches": self.model.switches, "probes": self.model.probes, "refused": self.refused,
+                    "current": self.model.current, "load_factor": self.model.load_factor(), "variants": per}
+
+    def close(self) -> None:
+        for sess in self._sessions.values():
+            sess.close()
+        self._sessions.clear()
+
+    def __enter__(self) -> BudgetedSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<edgekit.BudgetedSession {self.bundle.path.name} budget {self.budget_ms:g} ms, "
+                f"variants {', '.join(self.variants)}>")
