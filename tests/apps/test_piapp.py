@@ -1,0 +1,176 @@
+"""The Raspberry Pi app with the folder source on the host: JSON lines vs onnxruntime, HTTP endpoint, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgekit
+from edgekit.apps import piapp
+from edgekit.errors import InputError
+
+import models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_frames(folder: Path, n: int = 5, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    """``n`` distinct RGB images (gradients + noise), not the model's input size, so resizing is exercised."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 40.0 * i)], -1)
+        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"frame{i:03d}.png")
+    return folder
+
+
+def expected_probs(model: Path, image: Path, hw: int = 16) -> np.ndarray:
+    """Reference: PIL bilinear resize, x/255, NCHW, plain onnxruntime."""
+    with Image.open(image) as im:
+        x = np.asarray(im.convert("RGB").resize((hw, hw), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = x.transpose(2, 0, 1)[None]
+    return models.ort_reference(model, {"image": x})["probs"][0]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("piapp")
+    model = models.save(models.cnn(), d / "cnn.onnx")
+    frames = make_frames(d / "frames")
+    return model, frames
+
+
+def check_records(records: list[dict], model: Path, frames: Path, k: int = 3) -> None:
+    files = sorted(frames.iterdir())
+    assert len(records) == len(files)
+    for rec, path in zip(records, files):
+        assert rec["source"] == path.name
+        ref = expected_probs(model, path)
+        got = {t["index"]: t["score"] for t in rec["top"]}
+        assert len(got) == k
+        for idx, score in got.items():
+            assert score == pytest.approx(float(ref[idx]), abs=1e-5)  # fp32 runtimes, 6-decimal JSON
+        # the reported classes are the reference's top k (up to ties closer than the tolerance)
+        kth = np.sort(ref)[::-1][k - 1]
+        assert all(ref[i] >= kth - 1e-5 for i in got)
+        assert rec["latency_ms"] > 0
+
+
+def test_loop_matches_onnxruntime(setup, tmp_path):
+    model, frames = setup
+    out = tmp_path / "out.jsonl"
+    assert piapp.main(["--model", str(model), "--frames", str(frames), "--jsonl", str(out), "--budget-ms", "1000"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    check_records(records, model, frames)
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    assert all(r["over_budget"] is False for r in records)  # a 16x16 CNN takes far less than 1 s
+    # existing output is not overwritten without --force
+    assert piapp.main(["--model", str(model), "--frames", str(frames), "--jsonl", str(out)]) == 2
+    assert piapp.main(["--model", str(model), "--frames", str(frames), "--jsonl", str(out), "--force",
+                       "--max-frames", "2"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_preprocess_layouts():
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    nchw = piapp.preprocess(rgb, (1, 3, 4, 6))
+    nhwc = piapp.preprocess(rgb, (1, 4, 6, 3))
+    np.testing.assert_allclose(nchw[0].transpose(1, 2, 0), nhwc[0], rtol=0, atol=0)
+    np.testing.assert_allclose(nhwc[0], rgb / 255.0, rtol=0, atol=1e-7)
+    assert piapp.preprocess(rgb, (1, 4, 6, 3), np.uint8).dtype == np.uint8
+    imnet = piapp.preprocess(rgb, (1, 4, 6, 3), norm="imagenet")[0]
+    np.testing.assert_allclose(imnet[..., 0], (rgb[..., 0] / 255.0 - 0.485) / 0.229, atol=1e-6)
+    with pytest.raises(InputError, match="4-D"):
+        piapp.preprocess(rgb, (1, 16))
+
+
+def test_bad_inputs(setup, tmp_path):
+    model, _ = setup
+    with pytest.raises(InputError, match="not a folder"):
+        piapp.FolderSource(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images"):
+        piapp.FolderSource(tmp_path / "empty")
+    assert piapp.main(["--model", str(tmp_path / "nope.onnx"), "--frames", str(tmp_path)]) == 2
+
+
+def test_http_endpoint(setup):
+    model, frames = setup
+    sess = edgekit.load(model)
+    app = piapp.PiApp(sess, piapp.FolderSource(frames), out=None, budget_ms=50)
+    server = piapp.serve(app, 0)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/latest", timeout=5)
+        assert err.value.code == 503  # no frame yet
+        assert app.run() == 5
+        health = json.load(urllib.request.urlopen(base + "/healthz", timeout=5))
+        assert health == {"ok": True, "frames": 5}
+        latest = json.load(urllib.request.urlopen(base + "/latest", timeout=5))
+        check_records([latest], model, _only(frames, latest["source"]))
+        stats = json.load(urllib.request.urlopen(base + "/stats", timeout=5))
+        assert stats["frames"] == 5 and stats["backend"] == "onnxruntime" and stats["budget_ms"] == 50
+        assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/nope", timeout=5)
+        assert err.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _only(frames: Path, name: str) -> Path:
+    """A folder holding just one of the frames (check_records compares folder contents in order)."""
+    d = frames.parent / f"only-{name}"
+    d.mkdir(exist_ok=True)
+    (d / name).write_bytes((frames / name).read_bytes())
+    return d
+
+
+def test_sigterm_clean_shutdown(setup, tmp_path):
+    model, frames = setup
+    out = tmp_path / "run.jsonl"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.apps.piapp", "--model", str(model), "--frames", str(frames), "--loop",
+         "--interval-ms", "20", "--http", "0", "--jsonl", str(out)],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("piapp: http://127.0.0.1:"), line
+        port = int(line.split(":")[3].split("/")[0])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until it has looped over the folder at least once
+            stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5))
+            if stats["frames"] > 7:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped after" in err
+    lines = out.read_text().splitlines()
+    assert len(lines) > 7
+    records = [json.loads(x) for x in lines]  # every line complete: no torn write at shutdown
+    check_records(records[:5], model, frames)
+    with pytest.raises(OSError):  # the port is closed
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
