@@ -1,0 +1,119 @@
+"""Accuracy-aware retry: when a variant misses its threshold, keep its most sensitive nodes in float and retry.
+
+Sensitivity of quantized nodes: the error a node adds locally (relative error of its output minus that of its
+inputs, float model vs variant, on the held-out inputs). Sensitivity of pruned layers: the accuracy lost when
+only that layer is pruned. The retry keeps 1, 2, 4, ... of the most sensitive nodes until the variant passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+
+def _expose(model: onnx.ModelProto, names: Sequence[str]) -> tuple[bytes, list[str]]:
+    """The model with ``names`` added as graph outputs (those whose type is known)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # types of some tensors stay unknown: they are not exposed
+        pass
+    types = {vi.name: vi for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    have = {o.name for o in m.graph.output}
+    exposed = []
+    for n in names:
+        if n in have:
+            exposed.append(n)
+        elif n in types and types[n].type.tensor_type.elem_type:
+            vi = onnx.ValueInfoProto()
+            vi.name = n
+            vi.type.tensor_type.elem_type = types[n].type.tensor_type.elem_type
+            m.graph.output.append(vi)
+            exposed.append(n)
+    return m.SerializeToString(), exposed
+
+
+def _activations(model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict]) -> dict[str, list]:
+    import onnxruntime as ort
+
+    blob, exposed = _expose(model, names)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    out: dict[str, list] = {n: [] for n in exposed}
+    for f in feeds:
+        for n, v in zip(exposed, sess.run(exposed, f)):
+            out[n].append(np.asarray(v, np.float64))
+    return out
+
+
+def _rel_err(a: list, b: list) -> float:
+    errs = []
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return float("nan")
+        errs.append(np.linalg.norm(x - y) / (np.linalg.norm(x) + 1e-12))
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def rank_by_activation(float_model: onnx.ModelProto, variant_path: Path, feeds: Sequence[dict],
+                       candidates: Sequence[str]) -> list[str]:
+    """``candidates`` (node names) ordered by the error each adds locally in the variant, worst first."""
+    nodes = {n.name: n for n in float_model.graph.node}
+    inits = {i.name for i in float_model.graph.initializer}
+    tensors: set[str] = set()
+    for c in candidates:
+        if c in nodes:
+            tensors.update(t for t in nodes[c].output if t)
+            tensors.update(t for t in nodes[c].input if t and t not in inits)
+    feeds = list(feeds)[:8]
+    names = sorted(tensors)
+    ref = _activations(float_model, names, feeds)
+    try:
+        got = _activations(onnx.load(str(variant_path)), names, feeds)
+    except Exception as exc:  # a variant that cannot expose tensors: fall back to graph order
+        log.info("activation ranking unavailable (%s)", exc)
+        return list(candidates)
+    scores = {}
+    for c in candidates:
+        n = nodes.get(c)
+        if n is None or n.output[0] not in ref or n.output[0] not in got:
+            continue
+        out_err = _rel_err(ref[n.output[0]], got[n.output[0]])
+        in_errs = [_rel_err(ref[t], got[t]) for t in n.input if t in ref and t in got]
+        in_errs = [e for e in in_errs if np.isfinite(e)]
+        if np.isfinite(out_err):
+            scores[c] = out_err - (max(in_errs) if in_errs else 0.0)
+    ranked = sorted(scores, key=lambda c: -scores[c])
+    return ranked + [c for c in candidates if c not in scores]
+
+
+def rank_by_single(candidates: Sequence[str], score_only: Callable[[str], float]) -> list[str]:
+    """``candidates`` ordered by how much score is lost when only that one is changed, worst first."""
+    scores = {c: score_only(c) for c in candidates}
+    return sorted(candidates, key=lambda c: scores[c])
+
+
+def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fraction: float = 0.5,
+          max_tries: int = 6) -> tuple[dict, list[str]]:
+    """Keep the top 1, 2, 4, ... of ``ranked`` until ``attempt(kept)["passed"]``; returns (metrics, kept)."""
+    limit = max(1, int(np.ceil(len(ranked) * max_fraction)))
+    k, tries, last = 1, 0, ({}, [])
+    while k <= limit and tries < max_tries:
+        kept = list(ranked[:k])
+        m = attempt(kept)
+        last = (m, kept)
+        if m.get("passed"):
+            return last
+        tries += 1
+        if k == limit:
+            break
+        k = min(k * 2, limit)
+    return last

@@ -1,0 +1,292 @@
+"""``edgekit.convert``: source -> canonical ONNX -> pruned/quantized variants per target -> validated bundle.
+
+Each variant is exported by its format's exporter (converters registry), run on held-out inputs in its real
+runtime (or graph-checked where no runtime exists here) and compared with the fp32 source; a variant that
+misses its threshold is retried with its most sensitive nodes kept in float (accuracy.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekit._fs import check_writable, size_of
+from edgekit.bundle import Bundle
+from edgekit.bundle_writer import BundleWriter
+from edgekit.errors import BackendUnavailable, EdgekitError, InputError, MissingExtraError
+
+from . import exporters, get_exporter
+from .accuracy import rank_by_activation, rank_by_single, retry
+from .calibration import load_calibration, n_samples, samples, split, synthetic
+from .canonical import canonicalize, io_specs, load_onnx
+from .prune import PruneSpec, candidates, parse_prune
+from .prune import prune as prune_model
+from .quantize import PRECISIONS, check_precision, quantizable_nodes
+from .validate import is_classifier, judge, metrics, run_onnx, validate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("onnx", "tflite", "coreml")
+DEFAULT_QUANTIZE = ("fp32", "fp16", "int8")
+
+
+def _as_list(v, what: str) -> list[str]:
+    if isinstance(v, str):
+        v = [x.strip() for x in v.split(",") if x.strip()]
+    items = list(v)
+    if not items:
+        raise InputError(f"{what}: empty list")
+    return list(dict.fromkeys(items))
+
+
+def _pick_targets(targets) -> tuple[list[str], list[str], bool]:
+    """(formats to build, notes on skipped ones, explicit?)"""
+    known = exporters()
+    if targets is None:
+        use, skipped = [], []
+        for fmt in DEFAULT_TARGETS:
+            exp = known.get(fmt)
+            if exp is None:
+                skipped.append(f"{fmt}: no exporter module in this installation")
+                continue
+            why = exp.unavailable_reason()
+            if why:
+                skipped.append(f"{fmt}: {why}")
+            else:
+                use.append(fmt)
+        return use, skipped, False
+    use = _as_list(targets, "targets")
+    for fmt in use:
+        exp = get_exporter(fmt)     # InputError for an unknown format
+        why = exp.unavailable_reason()
+        if why:
+            cls = MissingExtraError if "pip install" in why else BackendUnavailable
+            raise cls(f"cannot export to {fmt}: {why}")
+    return use, [], True
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name for p in params)     # named explicitly (exporters may reject unknown **options)
+
+
+def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | None = None,
+            quantize: Sequence[str] | str | None = None, prune: Any = None, calibration: Any = None,
+            force: bool = False, opset: int | None = None, example_inputs: Any = None,
+            cosine_threshold: float = 0.99, top1_threshold: float = 0.98, progress: bool = True,
+            calibration_method: str = "minmax", preprocess: Any = None, accuracy_aware: bool = True,
+            validation_samples: int = 16, simplify: bool = True, exporter_options: dict | None = None) -> Bundle:
+    """Convert ``source`` (an ONNX path or a torch ``nn.Module`` with ``example_inputs``) into a bundle at ``out_dir``.
+
+    ``targets`` default: every format whose exporter works here. ``quantize`` default: fp32, fp16 and int8
+    (static int8 needs ``calibration``; without it int8-dynamic is built instead). ``prune``: ``0.5``, ``"2:4"``,
+    ``"channels:0.3"`` or a list of them (pruned variants are built beside the unpruned ones).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    notes: list[str] = []
+    # ---- arguments, all checked before any work
+    fmts, skipped, explicit = _pick_targets(targets)
+    if not fmts:
+        raise BackendUnavailable(f"no export format is usable here ({'; '.join(skipped)})")
+    if quantize is None:
+        precs = list(DEFAULT_QUANTIZE)
+        if calibration is None:
+            precs = ["fp32", "fp16", "int8-dynamic"]
+            notes.append("static int8 skipped: no calibration data (pass --calibration DATA); built int8-dynamic")
+    else:
+        precs = [check_precision(p) for p in _as_list(quantize, "quantize")]
+        if "int8" in precs and calibration is None:
+            raise InputError("static int8 (--quantize int8) needs calibration data: pass --calibration DATA (a .npz "
+                             "with one [N, ...] array per input, or a folder of images), or use int8-dynamic")
+    precs.sort(key=PRECISIONS.index)
+    specs: list[PruneSpec] = []
+    if prune is not None:
+        items = prune if isinstance(prune, (list, tuple)) else [prune]
+        specs = [parse_prune(p) for p in items]
+    check_writable(out_dir, force)
+    opts = dict(exporter_options or {})
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as work_s:
+        work = Path(work_s)
+        # ---- source
+        from .torch_source import export_torch, is_torch_module
+
+        if is_torch_module(source):
+            kind = f"torch {type(source).__name__}"
+            src_file = export_torch(source, example_inputs, work / "torch_export.onnx", opset=opset)
+            src_name = type(source).__name__
+        else:
+            if not isinstance(source, (str, Path)):
+                raise InputError(f"source must be an ONNX file path or a torch.nn.Module, got {type(source).__name__}")
+            src_file = Path(source)
+            kind, src_name = "onnx", src_file.name
+        raw = load_onnx(src_file)
+        canon = canonicalize(raw, opset=opset, simplify=simplify)
+        canon_path = work / "canonical.onnx"
+        onnx.save(canon, str(canon_path))
+        inputs, outputs = io_specs(canon)
+        classifier = is_classifier(outputs)
+
+        # ---- calibration and held-out validation data
+        calib_part = None
+        if calibration is not None:
+            calib = load_calibration(calibration, inputs, preprocess)
+            calib_part, hold = split(calib)
+            if n_samples(calib) < 4:
+                notes.append(f"only {n_samples(calib)} calibration samples: validation reuses them")
+            vdata = f"{n_samples(hold)} held-out samples of the calibration data (not used to calibrate)"
+        else:
+            hold = synthetic(inputs, n=validation_samples)
+            vdata = f"{validation_samples} random inputs (no calibration data given)"
+        feeds = samples(hold, inputs)
+        ref = run_onnx(canon_path, feeds)
+        thresholds = {"cosine": cosine_threshold, "top1": top1_threshold}
+
+        def check(path: Path, fmt: str, exp=None) -> dict:
+            return validate(path, fmt, feeds, ref, inputs, outputs, exp, cosine_threshold, top1_threshold)
+
+        # ---- pruned fp32 sources
+        sources: list[tuple[str, PruneSpec | None, Path, dict]] = [("", None, canon_path, {})]
+        for spec in specs:
+            sources.append(_pruned_source(spec, canon, work, feeds, ref, classifier, thresholds,
+                                          accuracy_aware, notes))
+
+        # ---- variants
+        plan = [(label, spec, p, info, fmt, prec) for (label, spec, p, info) in sources for fmt in fmts
+                for prec in precs]
+        rows: list[dict] = []
+        rank_cache: dict[tuple, list[str]] = {}
+        with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
+                          meta={"source_kind": kind, "thresholds": thresholds}) as w:
+            bar = _bar(plan, progress)
+            for label, spec, src_path, pinfo, fmt, prec in bar:
+                vid = f"{fmt}-{prec}" + (f"-{label}" if label else "")
+                if progress:
+                    bar.set_postfix_str(vid)
+                exp = get_exporter(fmt)
+                t1 = time.perf_counter()
+                art = w.path_for(f"{vid}/model{exp.suffix}")
+                kw = dict(opts.get(fmt, {}))
+                if _accepts(exp.export, "progress"):
+                    kw["progress"] = progress
+                if _accepts(exp.export, "calibration_method"):
+                    kw["calibration_method"] = calibration_method
+
+                def export(keep: list[str], art=art, exp=exp, prec=prec, src_path=src_path, kw=kw) -> Path:
+                    _rm(art)
+                    extra = {"keep_float": keep} if keep else {}
+                    return Path(exp.export(src_path, art, prec, calibration=calib_part, **kw, **extra))
+
+                try:
+                    path = export([])
+                    val = check(path, fmt, exp)
+                    if not val["passed"] and prec != "fp32" and accuracy_aware:
+                        if not _accepts(exp.export, "keep_float"):
+                            notes.append(f"{vid}: below threshold; the {fmt} exporter cannot keep nodes in float, "
+                                         "so no accuracy-aware retry")
+                        else:
+                            key = (label, prec)
+                            if key not in rank_cache:
+                                rank_cache[key] = _quant_ranking(src_path, path if fmt == "onnx" else None, prec,
+                                                                 calib_part, feeds, work, vid)
+                            ranked = rank_cache[key]
+
+                            def attempt(keep: list[str], fmt=fmt, exp=exp) -> dict:
+                                return check(export(keep), fmt, exp)
+
+                            val2, kept = retry(ranked, attempt)
+                            if val2:
+                                val = dict(val2, kept_float=kept)
+                                path = art if art.exists() else path
+                except EdgekitError as exc:
+                    if explicit or fmt == "onnx":
+                        raise
+                    _rm(art)
+                    skipped.append(f"{vid}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                    continue
+                if pinfo:
+                    val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k == "params"})
+                secs = time.perf_counter() - t1
+                w.add_variant(vid, fmt, prec, path, inputs, outputs, validation=val,
+                              pruning=str(spec) if spec else None, seconds=round(secs, 2))
+                rows.append({"id": vid, "format": fmt, "precision": prec, "pruning": str(spec) if spec else None,
+                             "size": size_of(path), "validation": val, "seconds": secs})
+            if not rows:
+                raise BackendUnavailable(f"no variant could be built ({'; '.join(skipped)})")
+            fp32 = next((r["size"] for r in rows if r["id"] == f"{fmts[0]}-fp32"), None)
+            from .report import render
+
+            w.report = render(src_name, kind, inputs, outputs, rows, notes, skipped, thresholds, vdata,
+                              time.perf_counter() - t0, fp32)
+    return w.bundle
+
+
+def _bar(plan, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(plan, desc="convert", unit="variant", disable=not progress, leave=True)
+
+
+def _rm(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()
+
+
+def _quant_ranking(src_path: Path, onnx_variant: Path | None, prec: str, calib, feeds, work: Path,
+                   vid: str) -> list[str]:
+    """Nodes of ``src_path`` ranked by the error they add at ``prec`` (measured on an ONNX build of it)."""
+    from .quantize import quantize as q
+
+    model = onnx.load(str(src_path))
+    if onnx_variant is None:
+        onnx_variant = work / f"rank-{vid}.onnx"
+        q(src_path, onnx_variant, prec, calib, io_specs(model)[0])
+    return rank_by_activation(model, onnx_variant, feeds, quantizable_nodes(model))
+
+
+def _pruned_source(spec: PruneSpec, canon: onnx.ModelProto, work: Path, feeds, ref, classifier: bool,
+                   thresholds: dict, accuracy_aware: bool, notes: list[str]):
+    """(label, spec, path of the pruned fp32 ONNX, info) with the accuracy-aware retry on pruned layers."""
+    path = work / f"pruned-{spec.label}.onnx"
+
+    def build(skip) -> dict:
+        res = prune_model(canon, spec, skip=skip)
+        onnx.save(res.model, str(path))
+        m = judge(metrics(ref, run_onnx(path, feeds), classifier), thresholds["cosine"], thresholds["top1"])
+        m["params"] = [res.params_before, res.params_after]
+        m["layers"] = res.layers
+        return m
+
+    m = build([])
+    if not m["layers"]:
+        notes.append(f"prune {spec}: no layer of this model can be pruned that way")
+    info: dict = {"params": m["params"]}
+    if not m["passed"] and accuracy_aware and m["layers"]:
+        cands = candidates(canon, spec)
+
+        def score_only(c: str) -> float:
+            r = build([x for x in cands if x != c])
+            return r["top1"] if r.get("top1") is not None and r["top1"] < 1.0 else r["cosine"]
+
+        ranked = rank_by_single(cands, score_only) if len(cands) <= 96 else cands
+        m2, kept = retry(ranked, lambda keep: build(keep), max_fraction=0.75, max_tries=8)
+        if not m2.get("passed"):
+            notes.append(f"prune {spec}: below threshold even with {len(kept)} of {len(cands)} layers left "
+                         "unpruned (fine-tune after pruning to recover accuracy)")
+        build(kept)      # leave the last tried model in place
+        info = {"params": m2["params"], "kept_unpruned": kept}
+    return spec.label, spec, path, info

@@ -1,0 +1,355 @@
+"""Prune ONNX weights: unstructured magnitude, N:M (2:4), and structured channel pruning of Conv/Gemm.
+
+Channel pruning removes whole output channels of a Conv (lowest L1 norm) and the matching slices downstream
+(BatchNormalization, depthwise Conv, activations, the next Conv's or Gemm's inputs), so the model really gets
+smaller and faster. ``skip`` names layers (node names; channel groups by their head Conv) left unpruned.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekit.errors import InputError
+
+_UNARY = {"Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Selu", "Tanh", "Softplus",
+          "Identity", "Erf", "Gelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Dropout"}
+_BINARY = {"Mul", "Add", "Sub", "Div"}
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """``kind``: "magnitude" (``amount`` = sparsity), "nm" (``n`` of every ``m`` zero), "channels" (``amount``)."""
+
+    kind: str
+    amount: float = 0.0
+    n: int = 2
+    m: int = 4
+
+    @property
+    def label(self) -> str:
+        if self.kind == "nm":
+            return f"{self.n}of{self.m}"
+        if self.kind == "channels":
+            return f"ch{round(self.amount * 100)}"
+        return f"sparse{round(self.amount * 100)}"
+
+    def __str__(self) -> str:
+        if self.kind == "nm":
+            return f"{self.n}:{self.m}"
+        return f"channels:{self.amount:g}" if self.kind == "channels" else f"{self.amount:g}"
+
+
+def parse_prune(spec) -> PruneSpec:
+    """``0.5`` (magnitude sparsity), ``2:4`` (N:M), ``channels:0.3`` (structured)."""
+    if isinstance(spec, PruneSpec):
+        return spec
+    text = str(spec).strip()
+    hint = "expected a sparsity like 0.5, an N:M pattern like 2:4, or channels:RATIO like channels:0.3"
+    if m := re.fullmatch(r"channels:([0-9.]+)", text):
+        r = _ratio(m.group(1), text, hint)
+        return PruneSpec("channels", r)
+    if m := re.fullmatch(r"(\d+):(\d+)", text):
+        n, mm = int(m.group(1)), int(m.group(2))
+        if not 0 < n < mm:
+            raise InputError(f"--prune {text!r}: N:M needs 0 < N < M; {hint}")
+        return PruneSpec("nm", n=n, m=mm)
+    return PruneSpec("magnitude", _ratio(text, text, hint))
+
+
+def _ratio(s: str, text: str, hint: str) -> float:
+    try:
+        r = float(s)
+    except ValueError:
+        raise InputError(f"--prune {text!r}: not a pruning spec; {hint}") from None
+    if not 0.0 < r < 1.0:
+        raise InputError(f"--prune {text!r}: the ratio must be between 0 and 1 (exclusive); {hint}")
+    return r
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    layers: list[str] = field(default_factory=list)      # what was pruned
+    params_before: int = 0
+    params_after: int = 0       # parameters left (structured) / non-zero parameters (unstructured)
+
+
+def _inits(model) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _uses(model) -> dict[str, int]:
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
+def _set(model, inits, name: str, arr: np.ndarray) -> None:
+    inits[name].CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(inits[name]).dtype), name))
+
+
+def _weighted(model) -> list[tuple[onnx.NodeProto, str, int]]:
+    """(node, weight name, reduction axis of the 2-D view) of Conv/Gemm/MatMul nodes with initializer weights."""
+    inits = _inits(model)
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits:
+            w = inits[n.input[1]]
+            if len(w.dims) < 2 or w.data_type != onnx.TensorProto.FLOAT:
+                continue
+            if n.op_type == "Gemm":
+                trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                out.append((n, n.input[1], 1 if trans_b else 0))
+            elif n.op_type == "MatMul":
+                out.append((n, n.input[1], len(w.dims) - 2))
+            else:
+                out.append((n, n.input[1], 1))
+    return out
+
+
+def candidates(model: onnx.ModelProto, spec: PruneSpec) -> list[str]:
+    """Names of the layers ``prune`` would touch (for the accuracy-aware retry)."""
+    if spec.kind == "channels":
+        return [h for h, _ in _channel_groups(model)]
+    return [n.name for n, _, _ in _weighted(model)]
+
+
+def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = ()) -> PruneResult:
+    """A pruned copy of ``model``."""
+    spec = parse_prune(spec)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    skip = set(skip)
+    before = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+    if spec.kind == "channels":
+        res = _prune_channels(m, spec.amount, skip)
+    else:
+        res = _prune_weights(m, spec, skip)
+    res.params_before = before
+    return res
+
+
+def _prune_weights(model, spec: PruneSpec, skip: set[str]) -> PruneResult:
+    inits, uses = _inits(model), _uses(model)
+    done, zeros = [], 0
+    for node, wname, axis in _weighted(model):
+        if node.name in skip or uses.get(wname, 0) != 1:
+            continue
+        w = numpy_helper.to_array(inits[wname]).astype(np.float32)
+        if spec.kind == "magnitude":
+            k = int(w.size * spec.amount)
+            if k == 0:
+                continue
+            flat = np.abs(w).ravel()
+            idx = np.argpartition(flat, k - 1)[:k]
+            w = w.ravel().copy()
+            w[idx] = 0.0
+            w = w.reshape(numpy_helper.to_array(inits[wname]).shape)
+        else:
+            w2 = np.moveaxis(w, axis, -1)                 # reduction axis last
+            if w2.shape[-1] % spec.m:
+                continue
+            g = w2.reshape(-1, spec.m).copy()
+            drop = np.argsort(np.abs(g), axis=1)[:, :spec.n]
+            np.put_along_axis(g, drop, 0.0, axis=1)
+            w = np.moveaxis(g.reshape(w2.shape), -1, axis)
+        _set(model, inits, wname, w)
+        done.append(node.name)
+    nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in model.graph.initializer)
+    del zeros
+    return PruneResult(model, done, 0, nonzero)
+
+
+# ---------------------------------------------------------------- structured channel pruning
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _channel_groups(model) -> list[tuple[str, list[tuple]]]:
+    """(head Conv name, actions) for every Conv whose output channels can be removed end to end."""
+    inits, uses = _inits(model), _uses(model)
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    producer = {}
+    for n in model.graph.node:
+        for i, t in enumerate(n.input):
+            consumers.setdefault(t, []).append((n, i))
+        for t in n.output:
+            producer[t] = n
+    outputs = {o.name for o in model.graph.output}
+    groups = []
+    for head in model.graph.node:
+        axis = _head_axis(head, inits)
+        if axis is None or uses.get(head.input[1], 0) != 1 or (
+                len(head.input) > 2 and head.input[2] and (head.input[2] not in inits or
+                                                           uses.get(head.input[2], 0) != 1)):
+            continue
+        c = int(inits[head.input[1]].dims[axis])
+        if c < 2:
+            continue
+        actions = _trace(head, c, consumers, producer, inits, uses, outputs)
+        if actions is not None:
+            groups.append((head.name, actions))
+    return groups
+
+
+def _head_axis(node, inits) -> int | None:
+    """The output-channel axis of a prunable layer's weight (None: not a head)."""
+    if len(node.input) < 2 or node.input[1] not in inits or len(inits[node.input[1]].dims) != (
+            4 if node.op_type == "Conv" else 2):
+        return None
+    if node.op_type == "Conv":
+        return 0 if _attr(node, "group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return None if _attr(node, "transA", 0) else (0 if _attr(node, "transB", 0) else 1)
+    if node.op_type == "MatMul":
+        return 1
+    return None
+
+
+def _trace(head, c, consumers, producer, inits, uses, outputs):
+    actions = [("head", head, _head_axis(head, inits))]
+    group_tensors = {head.output[0]}
+    work = [head.output[0]]
+    binaries = {}
+    seen_nodes = {head.name}
+    while work:
+        t = work.pop()
+        if t in outputs or not consumers.get(t):
+            return None
+        for node, idx in consumers[t]:
+            op = node.op_type
+            if op in _BINARY:
+                binaries[node.name] = node
+                if node.name not in seen_nodes:
+                    seen_nodes.add(node.name)
+                    group_tensors.add(node.output[0])
+                    work.append(node.output[0])
+                continue
+            if node.name in seen_nodes:
+                continue
+            seen_nodes.add(node.name)
+            if op in _UNARY and idx == 0:
+                if op == "Clip" or all(i in inits or not i for i in node.input[1:]):
+                    group_tensors.add(node.output[0])
+                    work.append(node.output[0])
+                    continue
+                return None
+            if op == "BatchNormalization" and idx == 0:
+                if any(p not in inits or uses.get(p, 0) != 1 for p in node.input[1:5]):
+                    return None
+                actions.append(("bn", node))
+                group_tensors.add(node.output[0])
+                work.append(node.output[0])
+                continue
+            if op == "Conv" and idx == 0 and len(node.input) > 1 and node.input[1] in inits \
+                    and uses.get(node.input[1], 0) == 1:
+                g = _attr(node, "group", 1)
+                w = inits[node.input[1]]
+                if g == 1 and w.dims[1] == c:
+                    actions.append(("conv_in", node))
+                    continue
+                if g == c and w.dims[0] == c and w.dims[1] == 1:
+                    if len(node.input) > 2 and node.input[2] and (node.input[2] not in inits or
+                                                                   uses.get(node.input[2], 0) != 1):
+                        return None
+                    actions.append(("dw", node))
+                    group_tensors.add(node.output[0])
+                    work.append(node.output[0])
+                    continue
+                return None
+            if head.op_type != "Conv" and op in ("Gemm", "MatMul") and idx == 0 and node.input[1] in inits \
+                    and uses.get(node.input[1], 0) == 1 and len(inits[node.input[1]].dims) == 2 \
+                    and not _attr(node, "transA", 0):
+                axis = 1 if (op == "Gemm" and _attr(node, "transB", 0)) else 0
+                if inits[node.input[1]].dims[axis] != c:
+                    return None
+                actions.append(("fc_in", node, axis))
+                continue
+            if op == "Flatten" and idx == 0 and producer.get(t) is not None and \
+                    producer[t].op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+                nxt = consumers.get(node.output[0], [])
+                if len(nxt) != 1 or node.output[0] in outputs:
+                    return None
+                g, gi = nxt[0]
+                if g.op_type in ("Gemm", "MatMul") and gi == 0 and g.input[1] in inits and uses.get(g.input[1]) == 1:
+                    axis = 1 if (g.op_type == "Gemm" and _attr(g, "transB", 0)) else 0
+                    seen_nodes.add(g.name)
+                    actions.append(("fc_in", g, axis))
+                    continue
+                return None
+            return None
+    for node in binaries.values():
+        for i in node.input:
+            if i in group_tensors:
+                continue
+            if i in inits and int(np.prod(inits[i].dims)) == 1:
+                continue
+            dims = list(inits[i].dims) if i in inits else []
+            if i in inits and uses.get(i, 0) == 1 and dims.count(c) == 1 and int(np.prod(dims)) == c:
+                actions.append(("const", i, dims.index(c)))    # a per-channel bias or scale
+                continue
+            return None          # a residual Add or a tensor from outside the group
+    return actions
+
+
+def _prune_channels(model, ratio: float, skip: set[str]) -> PruneResult:
+    done = []
+    for head_name, _ in _channel_groups(model):
+        if head_name in skip:
+            continue
+        # re-trace on the current model: earlier groups changed shapes of shared downstream weights
+        groups = dict(_channel_groups(model))
+        if head_name not in groups:
+            continue
+        inits = _inits(model)
+        actions = groups[head_name]
+        head, hax = actions[0][1], actions[0][2]
+        w = np.moveaxis(numpy_helper.to_array(inits[head.input[1]]), hax, 0)
+        c = w.shape[0]
+        k = int(c * ratio)
+        if k == 0 or c - k < 1:
+            continue
+        keep = np.sort(np.argsort(np.abs(w).reshape(c, -1).sum(1))[k:])
+        for act in actions:
+            kind, node = act[0], act[1]
+            if kind == "const":
+                _take(model, inits, node, keep, act[2])
+            elif kind in ("head", "dw"):
+                _take(model, inits, node.input[1], keep, hax if kind == "head" else 0)
+                if len(node.input) > 2 and node.input[2]:
+                    _take(model, inits, node.input[2], keep, 0)
+                if kind == "dw":
+                    for a in node.attribute:
+                        if a.name == "group":
+                            a.i = len(keep)
+            elif kind == "bn":
+                for p in node.input[1:5]:
+                    _take(model, inits, p, keep, 0)
+            elif kind == "conv_in":
+                _take(model, inits, node.input[1], keep, 1)
+            elif kind == "fc_in":
+                _take(model, inits, node.input[1], keep, act[2])
+        done.append(head_name)
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes are re-derived by the runtime anyway
+        pass
+    after = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    return PruneResult(model, done, 0, after)
+
+
+def _take(model, inits, name: str, keep: np.ndarray, axis: int) -> None:
+    _set(model, inits, name, np.take(numpy_helper.to_array(inits[name]), keep, axis=axis))

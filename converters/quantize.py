@@ -1,0 +1,157 @@
+"""ONNX quantization through onnxruntime.quantization: fp16 (fp32 I/O kept), dynamic int8, static int8 (QDQ).
+
+Every function takes a float ONNX file and writes a new one; ``keep_float`` names nodes left in float
+(used by the accuracy-aware retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgekit.errors import ConversionError, InputError
+from edgekit.specs import TensorSpec
+
+from .calibration import samples
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence onnxruntime.quantization's advice printed through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def check_precision(p: str) -> str:
+    if p not in PRECISIONS:
+        raise InputError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")
+    return p
+
+
+def to_fp16(src: Path, dst: Path, keep_float: Iterable[str] = ()) -> Path:
+    """fp16 weights and compute; inputs and outputs stay fp32; ``keep_float`` nodes stay fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    try:
+        half = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep_float) or None,
+                                        disable_shape_infer=False)
+    except Exception as exc:
+        raise ConversionError(f"fp16 conversion failed: {exc}") from None
+    onnx.save(half, str(dst))
+    return dst
+
+
+def dynamic_int8(src: Path, dst: Path, keep_float: Iterable[str] = (), per_channel: bool = True) -> Path:
+    """int8 weights, activations quantized at run time (MatMul/Gemm/Attention; Conv stays float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        with _quiet():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
+                             nodes_to_exclude=list(keep_float) or None)
+    except Exception as exc:
+        raise ConversionError(f"dynamic int8 quantization failed: {exc}") from None
+    return dst
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict], progress: bool = False):
+        from tqdm import tqdm
+
+        self._it = iter(feeds)
+        self._bar = tqdm(total=len(feeds), desc="calibrate", unit="sample", leave=False, disable=not progress)
+
+    def get_next(self):
+        item = next(self._it, None)
+        if item is None:
+            self._bar.close()
+        else:
+            self._bar.update(1)
+        return item
+
+
+def static_int8(src: Path, dst: Path, calibration: Mapping[str, np.ndarray] | None, inputs: Sequence[TensorSpec],
+                keep_float: Iterable[str] = (), method: str = "minmax", per_channel: bool = True,
+                progress: bool = False) -> Path:
+    """QDQ int8 with per-channel weights and activations calibrated on ``calibration``."""
+    if not calibration:
+        raise InputError("static int8 quantization needs calibration data: pass --calibration DATA (a .npz with "
+                         "one [N, ...] array per input, or a folder of images), or ask for int8-dynamic")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
+    if method not in methods:
+        raise InputError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
+    feeds = samples(calibration, inputs)
+    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception as exc:  # pre-processing only helps; quantize the canonical model without it
+            log.info("quant_pre_process skipped (%s)", exc)
+            pre = src
+        # pre-processing may rename nodes; map keep_float by node output (stable) back to names
+        names = _names_by_output(src, pre, keep_float)
+        try:
+            with _quiet():
+                quantize_static(str(pre), str(dst), _Reader(feeds, progress), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                                nodes_to_exclude=names or None,
+                                extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True})
+        except Exception as exc:
+            raise ConversionError(f"static int8 quantization failed: {exc}") from None
+    return dst
+
+
+def _names_by_output(src: Path, pre: Path, keep: Iterable[str]) -> list[str]:
+    keep = list(keep)
+    if not keep or pre == src:
+        return keep
+    a = onnx.load(str(src), load_external_data=False)
+    b = onnx.load(str(pre), load_external_data=False)
+    out_of = {n.name: tuple(n.output) for n in a.graph.node}
+    by_out = {tuple(n.output): n.name for n in b.graph.node}
+    return [by_out.get(out_of.get(k, ()), k) for k in keep]
+
+
+def quantize(src: Path, dst: Path, precision: str, calibration=None, inputs: Sequence[TensorSpec] = (),
+             keep_float: Iterable[str] = (), method: str = "minmax", progress: bool = False) -> Path:
+    """Write the ``precision`` variant of the float ONNX ``src`` to ``dst``."""
+    check_precision(precision)
+    if precision == "fp32":
+        onnx.save(onnx.load(str(src)), str(dst))
+        return dst
+    if precision == "fp16":
+        return to_fp16(src, dst, keep_float)
+    if precision == "int8-dynamic":
+        return dynamic_int8(src, dst, keep_float)
+    return static_int8(src, dst, calibration, inputs, keep_float, method=method, progress=progress)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes whose precision matters most (weighted ops and attention math)."""
+    ops = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "Attention", "LSTM", "GRU"}
+    return [n.name for n in model.graph.node if n.op_type in ops]
