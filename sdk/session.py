@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,10 +27,19 @@ class Session:
         self.inputs: list[TensorSpec] = list(runner.inputs)
         self.outputs: list[TensorSpec] = list(runner.outputs)
         self._output_set = frozenset(s.name for s in self.outputs)
+        #: the last budgeted call (``run(..., budget_ms=...)``): variant, latency_ms, budget_ms, deadline_met
+        self.last_run: dict | None = None
+        self._budget_log: deque[tuple[float, bool]] = deque(maxlen=100_000)
 
-    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None
-            ) -> dict[str, np.ndarray]:
-        """Run once. ``outputs`` selects output names (default: all)."""
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, outputs: Sequence[str] | None = None,
+            budget_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Run once. ``outputs`` selects output names (default: all).
+
+        With ``budget_ms`` the call is timed and accounted (``last_run``, ``stats()``); a single model has no
+        cheaper variant to fall back to: open a bundle with ``edgekit.load(bundle, budget_ms=...)`` for that.
+        """
+        if budget_ms is not None:
+            return self._run_budgeted(feeds, outputs, budget_ms)
         checked = normalize_feeds(self.inputs, feeds)
         if outputs is not None:
             outputs = list(outputs)
@@ -38,6 +48,32 @@ class Session:
                     raise InputError(f"unknown output {name!r}; the model's outputs are "
                                      f"{[s.name for s in self.outputs]}")
         return self._runner.run(checked, outputs)
+
+    def _run_budgeted(self, feeds, outputs, budget_ms) -> dict[str, np.ndarray]:
+        import time
+
+        from .budget import check_budget
+
+        budget = check_budget(budget_ms)
+        t0 = time.perf_counter()
+        result = self.run(feeds, outputs)
+        latency = (time.perf_counter() - t0) * 1e3
+        met = latency <= budget
+        self._budget_log.append((latency, met))
+        self.last_run = {"variant": self.variant, "latency_ms": latency, "budget_ms": budget, "deadline_met": met}
+        return result
+
+    def stats(self) -> dict:
+        """Budgeted calls so far: calls, misses and latency percentiles."""
+        from .bench import percentiles
+
+        log = list(self._budget_log)
+        row = {"calls": len(log), "misses": sum(not met for _, met in log)}
+        if log:
+            p = percentiles(np.array([ms for ms, _ in log]))
+            row.update({k: p[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")})
+        return {"calls": row["calls"], "misses": row["misses"], "switches": 0,
+                "variants": {self.variant or self.format or "model": row}}
 
     def close(self) -> None:
         """Release the backend's native resources."""

@@ -1,0 +1,170 @@
+"""Budgeted sessions on a real two-variant bundle (onnxruntime): choice, adaptation, accounting, errors.
+
+The bundle (tests/sdk/budget_fixtures.py) holds a wide fp32 MLP and a pruned one with ~30x less work. Load
+is made deterministic by the work itself: a batch of 1024 rows makes the fp32 variant ~40 ms on this
+machine against ~1.3 ms for the pruned one, a batch of 16 ~0.8 ms; budgets sit 5-10x away from each.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import budget_fixtures  # noqa: E402
+
+import edgekit  # noqa: E402
+from edgekit.errors import DeadlineError, InputError  # noqa: E402
+
+FAST = dict(threads=1, dwell=5, probe_every=10)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return budget_fixtures.mlp_bundle(tmp_path_factory.mktemp("budget") / "mlp.bundle")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _x(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 256)).astype(np.float32)
+
+
+def _reference(bundle: Path, vid: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    b = edgekit.Bundle(bundle)
+    sess = ort.InferenceSession(str(b.artifact(b.variant(vid))), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_generous_budget_runs_the_most_accurate_variant(bundle):
+    with edgekit.load(bundle, budget_ms=500, **FAST) as s:
+        assert s.variants == ["fp32", "pruned"]  # most accurate first (validation metrics of the manifest)
+        x = _x(16)
+        out = s.run({"x": x})
+        assert s.last_run["variant"] == "fp32" and s.last_run["deadline_met"] is True
+        assert s.last_run["budget_ms"] == 500 and s.last_run["latency_ms"] > 0
+        # same numbers as plain onnxruntime on that artifact (same runtime, same graph): 1e-5 absolute
+        np.testing.assert_allclose(out["logits"], _reference(bundle, "fp32", x), atol=1e-5)
+        assert [t.name for t in s.inputs] == ["x"] and [t.name for t in s.outputs] == ["logits"]
+        assert s.backend == "onnxruntime"
+
+
+def test_tight_budget_moves_down_and_back(bundle):
+    x = _x(64)  # fp32 ~3 ms, pruned ~0.05 ms here
+    with edgekit.load(bundle, budget_ms=200, **FAST) as s:
+        seen = []
+        for _ in range(10):
+            s.run(x)
+            seen.append(s.last_run["variant"])
+        assert seen[-1] == "fp32"
+        for _ in range(10):  # 0.5 ms: >5x below fp32, ~10x above pruned
+            out = s.run(x, budget_ms=0.5)
+            seen.append(s.last_run["variant"])
+        assert seen[-1] == "pruned"
+        np.testing.assert_allclose(out["logits"], _reference(bundle, "pruned", x), atol=1e-5)
+        for _ in range(30):  # budget restored: back up once the dwell has passed
+            s.run(x)
+            seen.append(s.last_run["variant"])
+        assert seen[-1] == "fp32"
+        assert s.stats()["switches"] >= 2
+
+
+def test_load_moves_down_and_recovers(bundle):
+    """The fp32 variant is pushed over the budget by more work per call, and comes back when it drops."""
+    small, big = _x(16), _x(1024)  # fp32: ~0.8 ms / ~40 ms; pruned: ~0.03 ms / ~1.3 ms; budget 8 ms
+    with edgekit.load(bundle, budget_ms=8, **FAST) as s:
+        phases = {}
+        for name, x, n in (("light", small, 30), ("heavy", big, 80), ("recovered", small, 80)):
+            used, met = [], []
+            for _ in range(n):
+                s.run(x)
+                used.append(s.last_run["variant"])
+                met.append(s.last_run["deadline_met"])
+            phases[name] = (used, met)
+        share = {k: u[-30:].count("fp32") / 30 for k, (u, _) in phases.items()}
+        assert share["light"] >= 0.8, share
+        assert share["heavy"] <= 0.2, share  # a few probes of fp32 are allowed
+        assert share["recovered"] >= 0.8, share
+        st = s.stats()
+        observed_misses = sum(not m for _, met in phases.values() for m in met)
+        assert st["misses"] == observed_misses >= 1  # the fp32 runs that hit the heavy phase
+        assert st["calls"] == 190 == sum(r["calls"] for r in st["variants"].values())
+        assert st["switches"] >= 2
+        assert st["variants"]["fp32"]["misses"] >= 1
+        for row in st["variants"].values():
+            assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+
+
+def test_budget_below_every_variant_runs_fastest_and_counts_a_miss(bundle):
+    x = _x(16)
+    with edgekit.load(bundle, budget_ms=1e-4, **FAST) as s:
+        out = s.run(x)
+        assert s.last_run["variant"] == "pruned" and s.last_run["deadline_met"] is False
+        np.testing.assert_allclose(out["logits"], _reference(bundle, "pruned", x), atol=1e-5)
+        s.run(x)
+        st = s.stats()
+        assert st["misses"] == 2 and st["variants"]["pruned"]["misses"] == 2 and st["within_budget"] == 0.0
+
+
+def test_strict_raises_deadline_error(bundle):
+    with edgekit.load(bundle, budget_ms=1e-4, strict=True, **FAST) as s:
+        with pytest.raises(DeadlineError, match="predicted to meet"):
+            s.run(_x(16))
+        assert s.stats()["refused"] == 1 and s.stats()["calls"] == 0
+        s.run(_x(16), budget_ms=500)  # a budget that fits runs
+        assert s.last_run["deadline_met"] is True
+
+
+@pytest.mark.parametrize("bad", [0, -5, "30", math.nan, math.inf, True, [10]])
+def test_bad_budgets_are_refused(bundle, bad):
+    with pytest.raises(InputError, match="budget_ms"):
+        edgekit.load(bundle, budget_ms=bad, **FAST)
+    with edgekit.load(bundle, budget_ms=100, **FAST) as s:
+        with pytest.raises(InputError, match="budget_ms"):
+            s.run(_x(4), budget_ms=bad)
+        assert s.stats()["calls"] == 0
+
+
+def test_variant_restriction_and_unknown_variant(bundle):
+    with edgekit.load(bundle, budget_ms=1e-4, variant="fp32", **FAST) as s:
+        s.run(_x(4))
+        assert s.variants == ["fp32"] and s.last_run["variant"] == "fp32" and not s.last_run["deadline_met"]
+    with pytest.raises(InputError, match="no variant 'nope'"):
+        edgekit.load(bundle, budget_ms=10, variant="nope", **FAST)
+
+
+def test_plain_session_accounts_budgeted_calls(tmp_path):
+    import models
+
+    path = models.save(models.mlp(), tmp_path / "mlp.onnx")
+    s = edgekit.load(path)
+    s.run(np.zeros((1, 16), np.float32), budget_ms=1000)
+    assert s.last_run["deadline_met"] is True and s.last_run["budget_ms"] == 1000
+    s.run(np.zeros((1, 16), np.float32), budget_ms=1e-6)
+    assert s.stats()["misses"] == 1 and s.stats()["calls"] == 2
+    with pytest.raises(InputError):
+        s.run(np.zeros((1, 16), np.float32), budget_ms=-1)
+
+
+def test_threads_share_a_budgeted_session(bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = _x(8)
+    ref = _reference(bundle, "fp32", x)
+    with edgekit.load(bundle, budget_ms=500, **FAST) as s:
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda _: s.run(x)["logits"], range(40)))
+        assert s.stats()["calls"] == 40
+        for o in outs:  # every call ran fp32 or a probe of pruned
+            assert o.shape == ref.shape
+        assert sum(np.allclose(o, ref, atol=1e-5) for o in outs) >= 36
