@@ -1,19 +1,102 @@
-"""Compile an ONNX model (or subgraph) with TVM Relax into a shared library plus its JSON signature."""
+"""Compile an ONNX model (or subgraph) with TVM Relax into a library plus its JSON signature, per board.
+
+``compile_onnx`` writes ``OUT.so`` (or ``OUT.tar`` of Mach-O objects for Apple targets when not on macOS:
+``tvm.runtime.load_module`` links it there) and ``OUT.json`` (the signature ``runtimes/tvm.py`` reads).
+Boards come from ``edgekit.boards`` profiles (``tvm_target``, ``cross_compiler``); ``"host"`` is this CPU.
+Optional MetaSchedule tuning caches its logs under ``~/.cache/edgekit/tune/<key>/``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import shutil
+import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit._extras import require
-from edgekit.errors import ConversionError
+from edgekit.errors import BoardError, ConversionError, UnsupportedOpError
 from edgekit.specs import TensorSpec
 
 SIGNATURE_FORMAT = "edgekit-tvm"
+HOST = "host"
+
+
+@dataclass(frozen=True)
+class BoardTarget:
+    """Where TVM code goes: a board name, its TVM target (dict) and the C++ compiler that links for it."""
+
+    board: str
+    target: dict
+    cc: str | None = None
+
+    @property
+    def is_apple(self) -> bool:
+        return "apple" in str(self.target.get("mtriple", "")) or self.target.get("kind") == "metal"
+
+    @property
+    def is_host(self) -> bool:
+        return self.board == HOST
+
+    @property
+    def arch(self) -> str:
+        triple = str(self.target.get("mtriple", ""))
+        return triple.split("-")[0] if triple else platform.machine()
+
+
+def host_target() -> dict:
+    """The TVM target of this CPU (LLVM's name for it, so vector units are used)."""
+    import tvm  # noqa: F401 - loads the compiler, needed for the codegen query
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def board_target(board: str) -> BoardTarget:
+    """The :class:`BoardTarget` of a board profile name, or ``"host"``; unknown boards raise BoardError."""
+    if board == HOST:
+        return BoardTarget(HOST, host_target(), None)
+    from edgekit.boards import get_profile
+
+    profile = get_profile(board)  # raises BoardError listing the known boards
+    target = dict(profile.tvm_target)
+    if not target:
+        raise BoardError(f"board {board!r} has no TVM target in its profile")
+    return BoardTarget(profile.name, target, profile.cross_compiler)
+
+
+def apt_package_for(cc: str) -> str:
+    """The Debian package of a cross compiler (``aarch64-linux-gnu-g++`` -> ``g++-aarch64-linux-gnu``)."""
+    for tool in ("g++", "gcc"):
+        if cc.endswith("-" + tool):
+            return f"{tool}-{cc[: -len(tool) - 1]}"
+    return cc
+
+
+def check_cross_compiler(cc: str | None, board: str = "") -> None:
+    """Raise ConversionError naming the apt package when ``cc`` is not on PATH."""
+    if cc and shutil.which(cc) is None:
+        pkg = apt_package_for(cc)
+        extra = f" {pkg.replace('g++', 'gcc', 1)}" if pkg.startswith("g++-") else ""
+        raise ConversionError(
+            f"cross compiler {cc!r} (needed to link TVM kernels{' for board ' + board if board else ''}) is not "
+            f"installed; install it with: sudo apt-get install{extra} {pkg}")
+
+
+def tvm_unsupported_ops(model: Any) -> list[str]:
+    """Op types of ``model`` that TVM's Relax ONNX frontend has no converter for."""
+    require("tvm", purpose="compiling TVM kernels")
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    known = onnx_frontend._get_convert_map()
+    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
 
 
 def _onnx_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -31,32 +114,88 @@ def _onnx_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return ins, outs
 
 
-def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_dict: dict | None = None,
-                 cc: str | None = None) -> Path:
-    """Compile ``model`` (path or ModelProto) for ``target``; writes ``out.so`` and ``out.json``.
+def tune_cache_dir(model_bytes: bytes, target: dict, trials: int) -> Path:
+    """Where tuning logs for this (model, target, trial budget) live: ``~/.cache/edgekit/tune/<sha>``."""
+    root = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "tune"
+    key = hashlib.sha256(model_bytes + json.dumps(target, sort_keys=True).encode() + str(trials).encode())
+    return root / key.hexdigest()[:24]
 
-    Dynamic input dims must be fixed through ``shape_dict`` ({input: shape}); default 1.
+
+def _to_relax(model, shapes: dict):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = tvm_unsupported_ops(model)
+    if missing:
+        raise UnsupportedOpError(
+            f"TVM cannot compile op(s) {', '.join(missing)}: its Relax ONNX frontend has no converter for them "
+            "(keep them on a runtime that has them, or replace them in the model)")
+    try:
+        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"TVM could not import the model: {msg}") from None
+
+
+def _tune(mod, target, model_bytes: bytes, trials: int, log=None):
+    """Run MetaSchedule (or reuse cached logs) and return the module with the best schedules applied."""
+    import tvm
+    from tvm import relax
+
+    work = tune_cache_dir(model_bytes, target, trials)
+    done = work / "done"
+    cached = done.is_file()
+    if log:
+        log(f"{'reusing tuning logs' if cached else f'tuning {trials} trials, logs'} in {work}")
+    work.mkdir(parents=True, exist_ok=True)
+    pipeline = relax.pipeline.static_shape_tuning_pipeline(
+        total_trials=0 if cached else trials, target=tvm.target.Target(target), work_dir=str(work),
+        max_trials_per_task=max(8, trials // 4) if not cached else None)
+    mod = pipeline(mod)
+    if not cached:
+        done.write_text(json.dumps({"trials": trials, "target": target}))
+    return mod
+
+
+def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_dict: dict | None = None,
+                 cc: str | None = None, *, tune_trials: int = 0, board: str | None = None, log=None) -> Path:
+    """Compile ``model`` (path or ModelProto) for ``target``; writes ``OUT.so`` (or ``.tar``) and ``OUT.json``.
+
+    Dynamic input dims are fixed through ``shape_dict`` ({input: shape}); default 1. ``cc`` links for
+    another architecture (e.g. ``aarch64-linux-gnu-g++``). ``tune_trials`` > 0 tunes with MetaSchedule
+    (only meaningful for the host: trials are measured on this machine). Returns the library path.
     """
     import onnx
 
     tvm = require("tvm", purpose="compiling TVM kernels")
-    from tvm.relax.frontend.onnx import from_onnx
-
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
+    check_cross_compiler(cc, board or "")
     ins, outs = _onnx_specs(model)
     shapes = {s.name: list((shape_dict or {}).get(s.name, s.concrete_shape())) for s in ins}
+    mod = _to_relax(model, shapes)
+    tdict = target if isinstance(target, dict) else {"kind": str(target)}
+    apple = "apple" in str(tdict.get("mtriple", "")) or tdict.get("kind") == "metal"
     try:
-        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+        if tune_trials > 0:
+            mod = _tune(mod, tdict, model.SerializeToString(), tune_trials, log)
         ex = tvm.compile(mod, target=tvm.target.Target(target))
     except Exception as exc:
-        raise ConversionError(f"TVM could not compile the model: {str(exc).strip().splitlines()[-1]}") from None
-    out = Path(out_path).with_suffix(".so")
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"TVM could not compile the model for {tdict}: {msg}") from None
+    # Apple code cannot be linked on another OS: ship the objects (load_module links them on the Mac)
+    suffix = ".tar" if apple and sys.platform != "darwin" else (".dylib" if apple else ".so")
+    out = Path(out_path)
+    if out.suffix in (".so", ".tar", ".dylib", ".json"):
+        out = out.with_suffix("")
+    out = out.with_name(out.name + suffix)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.so")
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{suffix}")
     try:
-        ex.export_library(str(tmp), **({"cc": cc} if cc else {}))
+        ex.export_library(str(tmp), **({"cc": cc} if cc and not apple else {}))
         tmp.replace(out)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"linking the TVM library {out.name} failed: {msg}") from None
     finally:
         tmp.unlink(missing_ok=True)
     fixed_ins = [TensorSpec(s.name, tuple(shapes[s.name]), s.dtype) for s in ins]
@@ -66,11 +205,60 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
         "version": 1,
         "library": out.name,
         "entry": "main",
-        "target": target if isinstance(target, (str, dict)) else str(target),
+        "board": board,
+        "target": tdict,
+        "tuned_trials": int(tune_trials),
         "inputs": [s.to_json() for s in fixed_ins],
         "outputs": [s.to_json() for s in outs],
         "source_ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
         "parameters": params,
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    side = out.with_suffix(".json")
+    tmp_side = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    tmp_side.write_text(json.dumps(meta, indent=2))
+    tmp_side.replace(side)
     return out
+
+
+def compile_for_board(model: Any, out_stem: str | Path, board: str, shape_dict: dict | None = None,
+                      tune_trials: int = 0, log=None) -> Path:
+    """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.tar`` + ``.json``."""
+    bt = board_target(board)
+    if bt.cc and not bt.is_apple:
+        check_cross_compiler(bt.cc, bt.board)
+    return compile_onnx(model, out_stem, bt.target, shape_dict, None if bt.is_apple else bt.cc,
+                        tune_trials=tune_trials, board=bt.board, log=log)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Binary checks (what a library was built for, from its first bytes)
+
+_ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv", 0x03: "x86"}
+_MACHO_CPUS = {0x0100000C: "arm64", 0x01000007: "x86_64"}
+
+
+def binary_arch(path: str | Path) -> tuple[str, str]:
+    """(container, arch) of a library/object: ("elf", "aarch64"), ("mach-o", "arm64"), ("tar", "arm64") ..."""
+    import tarfile
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(20)
+    if head[:4] == b"\x7fELF":
+        little = head[5] == 1
+        machine = int.from_bytes(head[18:20], "little" if little else "big")
+        return "elf", _ELF_MACHINES.get(machine, hex(machine))
+    if head[:4] == b"\xcf\xfa\xed\xfe":
+        return "mach-o", _MACHO_CPUS.get(int.from_bytes(head[4:8], "little"), head[4:8].hex())
+    if tarfile.is_tarfile(p):
+        arches = set()
+        with tarfile.open(p) as tf:
+            for m in tf.getmembers():
+                if m.isfile() and m.name.endswith(".o"):
+                    data = tf.extractfile(m).read(8)
+                    if data[:4] == b"\xcf\xfa\xed\xfe":
+                        arches.add("mach-o/" + _MACHO_CPUS.get(int.from_bytes(data[4:8], "little"), "?"))
+                    elif data[:4] == b"\x7fELF":
+                        arches.add("elf")
+        return "tar", ",".join(sorted(arches)) or "empty"
+    return "unknown", "unknown"
