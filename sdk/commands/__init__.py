@@ -5,6 +5,7 @@ COMMANDS = (
     "inspect",
     "run",
     "bench",
+    "convert",
     "boards",
     "doctor",
 )

@@ -1,0 +1,46 @@
+"""``edgekit convert SOURCE -o OUT``: quantize, prune, export, validate and write a bundle; summary table."""
+
+from __future__ import annotations
+
+from ._common import human_size, print_json, table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert an ONNX model into a validated bundle of formats and precisions")
+    p.add_argument("source", help="an .onnx file")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("--to", dest="targets", help="formats, comma-separated: onnx,tflite,coreml (default: all usable)")
+    p.add_argument("--quantize", help="precisions: fp32,fp16,int8-dynamic,int8 (default: fp32,fp16,int8; "
+                                      "int8-dynamic instead of int8 without --calibration)")
+    p.add_argument("--prune", action="append", help="0.5 (magnitude), 2:4 (N:M) or channels:0.3; repeatable")
+    p.add_argument("--calibration", help=".npz with one [N, ...] array per input, or a folder of images")
+    p.add_argument("--preprocess", help="for an image folder: size=224,mean=0.485/0.456/0.406,"
+                                        "std=0.229/0.224/0.225,layout=NCHW,scale=0.00392")
+    p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile",
+                                                                       "distribution"])
+    p.add_argument("--opset", type=int, help="upgrade the ONNX opset to N")
+    p.add_argument("--cosine", type=float, default=0.99, help="validation threshold on cosine (default 0.99)")
+    p.add_argument("--top1", type=float, default=0.98, help="top-1 agreement threshold for classifiers")
+    p.add_argument("--no-retry", action="store_true", help="no accuracy-aware retry")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p.add_argument("--json", action="store_true", help="print the manifest's variants as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgekit.converters.pipeline import convert
+
+    bundle = convert(args.source, args.output, targets=args.targets, quantize=args.quantize,
+                     prune=args.prune, calibration=args.calibration, preprocess=args.preprocess,
+                     calibration_method=args.calibration_method, opset=args.opset, force=args.force,
+                     cosine_threshold=args.cosine, top1_threshold=args.top1, accuracy_aware=not args.no_retry,
+                     progress=not args.json)
+    rows = bundle.table()
+    if args.json:
+        print_json({"bundle": str(bundle.path), "variants": [v.to_json() for v in bundle.variants]})
+        return 0
+    cols = ["id", "format", "precision", "pruning", "size", "cosine", "top1", "max_abs", "check", "passed"]
+    print(table([dict(r, size=human_size(r["size"])) for r in rows], cols))
+    n_ok = sum(r["passed"] for r in rows)
+    print(f"\n{len(rows)} variants ({n_ok} passed validation) in {bundle.path}; report: {bundle.path / 'report.md'}")
+    return 0
