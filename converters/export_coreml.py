@@ -1,0 +1,205 @@
+"""Core ML exporter: ONNX -> MIL (edgekit's translator) -> ``.mlpackage``, plus PyTorch via ``ct.convert``.
+
+Precisions: ``fp32`` and ``fp16`` (Core ML compute precision; inputs and outputs stay fp32), ``int8``
+(per-channel linear weight quantization with ``coremltools.optimize.coreml``; ``int8-dynamic`` maps to the
+same weight-only int8, since Core ML has no dynamic activation quantization) and, as an option,
+``palettize=N`` (N-bit k-means weight palettization). ``evaluate`` runs a saved package: ``predict`` on macOS,
+elsewhere the MIL graph check of :mod:`edgekit.converters.mil_eval` (not a device run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._extras import require
+from edgekit._fs import atomic_dir
+from edgekit.errors import ConversionError, EdgekitError, InputError
+
+from . import register_exporter
+from .mil_eval import META_KEY, io_metadata
+from .mil_eval import evaluate as graph_check
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+#: weights with fewer elements stay in float when compressing (coremltools' default is 2048; biases stay small)
+WEIGHT_THRESHOLD = 128
+#: how a Core ML variant is validated on this host
+VALIDATION_KIND = "predict" if platform.system() == "Darwin" else "graph-check"
+
+
+def _quiet():
+    """Silence coremltools' progress bars and warnings (edgekit shows its own progress)."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="coremltools")
+    warnings.filterwarnings("ignore", message=".*(scikit-learn|Torch version|Input shape not fully).*")
+
+
+def _target(name: str):
+    import coremltools as ct
+
+    try:
+        return getattr(ct.target, name)
+    except AttributeError:
+        raise InputError(f"unknown Core ML deployment target {name!r} (e.g. iOS16, iOS17, macOS13)") from None
+
+
+def _compress(mlmodel, precision: str, palettize: int | None, granularity: str, weight_threshold: int):
+    """Weight compression of an fp16/fp32 ML program (coremltools.optimize.coreml)."""
+    import coremltools.optimize.coreml as cto
+
+    if palettize:
+        if palettize not in (1, 2, 3, 4, 6, 8):
+            raise InputError(f"palettize must be one of 1, 2, 3, 4, 6, 8 bits, got {palettize}")
+        require("sklearn", "apps", "k-means palettization")
+        cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
+            mode="kmeans", nbits=palettize, weight_threshold=weight_threshold))
+        mlmodel = cto.palettize_weights(mlmodel, cfg)
+    if precision in ("int8", "int8-dynamic"):
+        cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity=granularity, weight_threshold=weight_threshold))
+        mlmodel = cto.linear_quantize_weights(mlmodel, cfg)
+    return mlmodel
+
+
+def _save(mlmodel, out_path: Path, meta: dict, force: bool) -> Path:
+    mlmodel.user_defined_metadata[META_KEY] = json.dumps(meta, sort_keys=True)
+    mlmodel.short_description = f"edgekit Core ML export ({meta.get('precision')})"
+    with atomic_dir(out_path, force=force) as tmp:
+        pkg = tmp / out_path.name
+        try:
+            mlmodel.save(str(pkg))
+        except Exception as exc:
+            raise ConversionError(f"cannot save Core ML package {out_path}: {exc}") from exc
+        staged = tmp.with_name(tmp.name + ".pkg")
+        pkg.rename(staged)
+        tmp.rmdir()
+        staged.rename(tmp)
+    return out_path
+
+
+def _check_precision(precision: str, compute_units: str | None = None) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"Core ML export: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+def _convert_program(prog, precision: str, target: str):
+    import coremltools as ct
+
+    cp = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    try:
+        return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=_target(target),
+                          compute_precision=cp)
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"Core ML conversion of the MIL program failed: {type(exc).__name__}: {exc}") from exc
+
+
+@register_exporter
+class CoreMLExporter:
+    """ONNX -> .mlpackage through the ONNX->MIL translator (see onnx_to_mil.SUPPORTED_OPS)."""
+
+    format = "coreml"
+    extra = "coreml"
+    suffix = ".mlpackage"
+    precisions = PRECISIONS
+    validation_kind = VALIDATION_KIND
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("coremltools") is None:
+            return "coremltools is not installed; install it with: pip install 'edgekit[coreml]'"
+        return None
+
+    def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
+               **options: Any) -> Path:
+        """Write ``out_path`` (.mlpackage). Options: ``input_shapes`` {name: dims} to pin dynamic dims,
+        ``deployment_target`` (default "iOS16"), ``palettize`` (bits), ``granularity`` ("per_channel"),
+        ``weight_threshold`` (smallest weight compressed, elements), ``force``. ``calibration`` is accepted for
+        interface parity: Core ML int8 here is weight-only (activations stay fp16)."""
+        require("coremltools", "coreml", "Core ML export")
+        from . import onnx_to_mil
+
+        _check_precision(precision)
+        known = {"input_shapes", "deployment_target", "palettize", "granularity", "weight_threshold", "force"}
+        unknown = set(options) - known
+        if unknown:
+            raise InputError(f"unknown Core ML export option(s) {sorted(unknown)}; known: {sorted(known)}")
+        _quiet()
+        out_path = Path(out_path)
+        if out_path.suffix != self.suffix:
+            raise InputError(f"Core ML output must end in {self.suffix}, got {out_path}")
+        tr = onnx_to_mil.translate(onnx_path, input_shapes=options.get("input_shapes"))
+        mlmodel = _convert_program(tr.program, precision, options.get("deployment_target", "iOS16"))
+        mlmodel = _compress(mlmodel, precision, options.get("palettize"), options.get("granularity", "per_channel"),
+                            int(options.get("weight_threshold", WEIGHT_THRESHOLD)))
+        meta = {"inputs": tr.input_names, "outputs": tr.output_names, "narrowed_inputs": tr.narrowed_inputs,
+                "precision": precision, "source": "onnx", "palettize": options.get("palettize")}
+        return _save(mlmodel, out_path, meta, bool(options.get("force", False)))
+
+    def evaluate(self, path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of a saved package: ``predict`` on macOS, the MIL graph check elsewhere (see module doc)."""
+        if platform.system() == "Darwin":
+            return predict(path, feeds)
+        return graph_check(path, feeds)
+
+
+def predict(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Core ML ``predict`` (macOS only); feeds/outputs may use ONNX names, int64 is narrowed to int32."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(path))
+    meta = io_metadata(spec)
+    in_map, out_map = meta.get("inputs", {}), meta.get("outputs", {})
+    ins = {}
+    for k, v in feeds.items():
+        v = np.asarray(v)
+        ins[in_map.get(k, k)] = v.astype(np.int32) if v.dtype == np.int64 else v
+    res = ct.models.MLModel(str(path)).predict(ins)
+    inverse = {v: k for k, v in out_map.items()}
+    return {inverse.get(k, k): np.asarray(v) for k, v in res.items()}
+
+
+def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32", *,
+                 input_names: list[str] | None = None, deployment_target: str = "iOS16",
+                 palettize: int | None = None, force: bool = False) -> Path:
+    """PyTorch ``nn.Module`` -> .mlpackage via ``torch.export`` + ``ct.convert`` (jit.trace breaks on numpy 2.4)."""
+    torch = require("torch", "torch", "Core ML export from PyTorch")
+    ct = require("coremltools", "coreml", "Core ML export")
+    _check_precision(precision)
+    _quiet()
+    out_path = Path(out_path)
+    if out_path.suffix != ".mlpackage":
+        raise InputError(f"Core ML output must end in .mlpackage, got {out_path}")
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    names = input_names or [f"input_{i}" if len(example_inputs) > 1 else "input" for i in range(len(example_inputs))]
+    if len(names) != len(example_inputs):
+        raise InputError(f"{len(names)} input_names for {len(example_inputs)} example inputs")
+    module = module.eval()
+    try:
+        exported = torch.export.export(module, example_inputs).run_decompositions({})
+    except Exception as exc:
+        raise ConversionError(f"torch.export failed: {type(exc).__name__}: {exc}") from exc
+    inputs = []
+    for n, t in zip(names, example_inputs):
+        dt = np.int32 if t.dtype in (torch.int64, torch.int32) else np.float32
+        inputs.append(ct.TensorType(name=n, shape=tuple(t.shape), dtype=dt))
+    cp = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    try:
+        mlmodel = ct.convert(exported, inputs=inputs, convert_to="mlprogram",
+                             minimum_deployment_target=_target(deployment_target), compute_precision=cp)
+    except Exception as exc:
+        raise ConversionError(f"ct.convert of the torch.export program failed: {type(exc).__name__}: {exc}") from exc
+    mlmodel = _compress(mlmodel, precision, palettize, "per_channel", WEIGHT_THRESHOLD)
+    narrowed = {n: "int64->int32" for n, t in zip(names, example_inputs) if t.dtype == torch.int64}
+    outs = [o.name for o in mlmodel.get_spec().description.output]
+    meta = {"inputs": {n: n for n in names}, "outputs": {o: o for o in outs}, "narrowed_inputs": narrowed,
+            "precision": precision, "source": "torch", "palettize": palettize}
+    return _save(mlmodel, out_path, meta, force)

@@ -1,0 +1,610 @@
+"""ONNX -> Core ML MIL translator built on ``coremltools.converters.mil.Builder``.
+
+coremltools has no ONNX frontend, so edgekit carries its own: ONE table (``SUPPORTED_OPS``) maps each ONNX op
+type to one small function that emits MIL ops. A node outside the table raises
+:class:`edgekit.errors.UnsupportedOpError` naming the node and its op type; ``supports(node)`` exposes the
+same table as op-support data (used by other targets' planners).
+
+Conventions handled here: ONNX pads ``[b0, b1, ..., e0, e1, ...]`` become MIL ``[b0, e0, b1, e1, ...]``;
+int64 tensors (inputs, initializers, casts) are narrowed to int32 because Core ML has no int64 tensors
+(``narrowed_inputs`` in :class:`MilTranslation` lists the inputs whose dtype changed); float64 becomes fp32.
+Dynamic input dims become MIL symbols (flexible shapes) unless ``input_shapes`` pins them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConversionError, InputError, UnsupportedOpError
+
+Handler = Callable[["_Ctx"], Any]
+
+#: ONNX op type -> translation function (the single source of truth for Core ML op support)
+SUPPORTED_OPS: dict[str, Handler] = {}
+
+# ONNX TensorProto data types -> numpy dtype used in MIL (int64 narrowed to int32, float64 to float32)
+_ONNX_TO_NP = {1: np.float32, 10: np.float16, 11: np.float32, 6: np.int32, 7: np.int32, 9: np.bool_,
+               2: np.int32, 3: np.int32, 4: np.int32, 5: np.int32, 12: np.int32}
+_CAST_TO = {1: "fp32", 10: "fp16", 11: "fp32", 6: "int32", 7: "int32", 9: "bool", 2: "int32", 3: "int32",
+            4: "int32", 5: "int32", 12: "int32"}
+
+
+def _op(*names: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            SUPPORTED_OPS[n] = fn
+        return fn
+    return deco
+
+
+def supports(node) -> bool:
+    """True when the ONNX ``node`` (a NodeProto, or an op-type string) is in the translation table."""
+    op_type = node if isinstance(node, str) else node.op_type
+    domain = "" if isinstance(node, str) else node.domain
+    return domain in ("", "ai.onnx") and op_type in SUPPORTED_OPS
+
+
+def mil_name(name: str) -> str:
+    """An ONNX tensor name made valid as a Core ML feature / MIL var name."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return s if s and not s[0].isdigit() else f"t_{s}"
+
+
+@dataclass
+class MilTranslation:
+    """The result of :func:`translate`: a MIL program plus the naming and dtype facts the package records."""
+
+    program: Any
+    input_names: dict[str, str]            # ONNX input name -> MIL / Core ML feature name
+    output_names: dict[str, str]           # ONNX output name -> MIL / Core ML feature name
+    narrowed_inputs: dict[str, str] = field(default_factory=dict)  # ONNX input -> "int64->int32"
+    op_counts: dict[str, int] = field(default_factory=dict)        # ONNX op type -> count
+
+
+class _Ctx:
+    """Per-node view handed to each translation function."""
+
+    def __init__(self, env: dict, consts: dict, opset: int):
+        self.env = env          # ONNX name -> MIL Var
+        self.consts = consts    # ONNX name -> numpy (initializers, Constant outputs), made into Vars lazily
+        self.opset = opset
+        self.node = None
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def has(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def var(self, i: int):
+        from coremltools.converters.mil import Builder as mb
+
+        name = self.node.input[i]
+        if name not in self.env:
+            if name not in self.consts:
+                raise ConversionError(f"node {self.node.name!r}: input {name!r} is produced by no earlier node")
+            self.env[name] = mb.const(val=self.consts[name], name=mil_name(name))
+        return self.env[name]
+
+    def val(self, i: int, what: str = "input") -> np.ndarray | None:
+        """The compile-time value of input ``i`` (None when absent); raise if it is not a constant."""
+        if not self.has(i):
+            return None
+        name = self.node.input[i]
+        if name in self.consts:
+            return np.asarray(self.consts[name])
+        v = self.env[name].val if name in self.env else None
+        if v is None:
+            raise self.unsupported(f"its {what} ({name!r}) must be a constant for Core ML")
+        return np.asarray(v)
+
+    def shape(self, i: int) -> tuple:
+        name = self.node.input[i]
+        if name in self.consts:
+            return tuple(np.shape(self.consts[name]))
+        return tuple(self.var(i).shape)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for a in self.node.attribute:
+            if a.name == name:
+                v = helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(
+            f"Core ML export: node {self.node.name or '<unnamed>'!r} (op {self.node.op_type}) is not supported: {why}")
+
+
+def _np_const(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype == np.int64 or arr.dtype == np.uint64:
+        return arr.astype(np.int32)
+    if arr.dtype == np.float64:
+        return arr.astype(np.float32)
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The translation table: one small function per ONNX op type.
+# ---------------------------------------------------------------------------------------------------------
+
+def _mb():
+    from coremltools.converters.mil import Builder as mb
+
+    return mb
+
+
+def _unary(mil_op: str) -> Handler:
+    def fn(c: _Ctx):
+        return getattr(_mb(), mil_op)(x=c.var(0))
+    return fn
+
+
+for _onnx, _mil in {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Sqrt": "sqrt",
+                    "Exp": "exp", "Log": "log", "Abs": "abs", "Floor": "floor", "Ceil": "ceil",
+                    "Identity": "identity"}.items():
+    SUPPORTED_OPS[_onnx] = _unary(_mil)
+
+
+def _binary(mil_op: str) -> Handler:
+    def fn(c: _Ctx):
+        return getattr(_mb(), mil_op)(x=c.var(0), y=c.var(1))
+    return fn
+
+
+for _onnx, _mil in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "real_div", "Pow": "pow",
+                    "MatMul": "matmul"}.items():
+    SUPPORTED_OPS[_onnx] = _binary(_mil)
+
+
+@_op("Max", "Min", "Sum", "Mean")
+def _variadic(c: _Ctx):
+    mb = _mb()
+    fn = {"Max": mb.maximum, "Min": mb.minimum, "Sum": mb.add, "Mean": mb.add}[c.node.op_type]
+    out = c.var(0)
+    for i in range(1, len(c.node.input)):
+        out = fn(x=out, y=c.var(i))
+    if c.node.op_type == "Mean" and len(c.node.input) > 1:
+        out = mb.real_div(x=out, y=np.float32(len(c.node.input)))
+    return out
+
+
+@_op("Neg")
+def _neg(c: _Ctx):
+    return _mb().mul(x=c.var(0), y=np.float32(-1.0))
+
+
+@_op("Reciprocal")
+def _reciprocal(c: _Ctx):
+    return _mb().real_div(x=np.float32(1.0), y=c.var(0))
+
+
+@_op("Gelu")
+def _gelu(c: _Ctx):
+    mode = "TANH_APPROXIMATION" if c.attr("approximate", "none") == "tanh" else "EXACT"
+    return _mb().gelu(x=c.var(0), mode=mode)
+
+
+@_op("HardSigmoid")
+def _hard_sigmoid(c: _Ctx):
+    return _mb().sigmoid_hard(x=c.var(0), alpha=float(c.attr("alpha", 0.2)), beta=float(c.attr("beta", 0.5)))
+
+
+@_op("HardSwish")
+def _hard_swish(c: _Ctx):
+    mb = _mb()
+    x = c.var(0)
+    return mb.mul(x=x, y=mb.sigmoid_hard(x=x, alpha=1.0 / 6, beta=0.5))
+
+
+@_op("LeakyRelu")
+def _leaky_relu(c: _Ctx):
+    return _mb().leaky_relu(x=c.var(0), alpha=float(c.attr("alpha", 0.01)))
+
+
+@_op("Clip")
+def _clip(c: _Ctx):
+    mb = _mb()
+    if c.opset < 11:
+        lo, hi = c.attr("min"), c.attr("max")
+    else:
+        lo = c.val(1, "min") if c.has(1) else None
+        hi = c.val(2, "max") if c.has(2) else None
+    x = c.var(0)
+    lo = None if lo is None else float(lo)
+    hi = None if hi is None else float(hi)
+    if lo == 0.0 and hi == 6.0:
+        return mb.relu6(x=x)
+    if lo is not None and hi is not None:
+        return mb.clip(x=x, alpha=np.float32(lo), beta=np.float32(hi))
+    if lo is not None:
+        x = mb.maximum(x=x, y=np.float32(lo))
+    if hi is not None:
+        x = mb.minimum(x=x, y=np.float32(hi))
+    return x
+
+
+def _spatial(c: _Ctx, rank: int) -> dict:
+    """MIL padding/stride/dilation arguments of a Conv or pooling node with ``rank`` spatial dims."""
+    auto_pad = c.attr("auto_pad", "NOTSET")
+    strides = list(c.attr("strides", [1] * rank))
+    args: dict = {"strides": strides}
+    if auto_pad in ("NOTSET", ""):
+        pads = list(c.attr("pads", [0] * (2 * rank)))
+        args["pad_type"] = "custom"
+        args["pad"] = [p for i in range(rank) for p in (pads[i], pads[i + rank])]  # [b0,b1,e0,e1] -> [b0,e0,b1,e1]
+    elif auto_pad == "VALID":
+        args["pad_type"] = "valid"
+    elif auto_pad == "SAME_UPPER":
+        args["pad_type"] = "same"
+    elif auto_pad == "SAME_LOWER":
+        args["pad_type"] = "same_lower"
+    else:
+        raise c.unsupported(f"auto_pad={auto_pad!r}")
+    return args
+
+
+@_op("Conv")
+def _conv(c: _Ctx):
+    mb = _mb()
+    w = c.var(1)
+    rank = len(c.shape(1)) - 2
+    args = _spatial(c, rank)
+    args["dilations"] = list(c.attr("dilations", [1] * rank))
+    args["groups"] = int(c.attr("group", 1))
+    if c.has(2):
+        args["bias"] = c.var(2)
+    return mb.conv(x=c.var(0), weight=w, **args)
+
+
+def _pool(mil_op: str) -> Handler:
+    def fn(c: _Ctx):
+        kernel = list(c.attr("kernel_shape"))
+        args = _spatial(c, len(kernel))
+        if any(d != 1 for d in c.attr("dilations", [1] * len(kernel))):
+            raise c.unsupported("dilated pooling")
+        if len(c.node.output) > 1 and c.node.output[1]:
+            raise c.unsupported("the Indices output of MaxPool")
+        args["ceil_mode"] = bool(c.attr("ceil_mode", 0))
+        if mil_op == "avg_pool":
+            args["exclude_padding_from_average"] = not bool(c.attr("count_include_pad", 0))
+        return getattr(_mb(), mil_op)(x=c.var(0), kernel_sizes=kernel, **args)
+    return fn
+
+
+SUPPORTED_OPS["AveragePool"] = _pool("avg_pool")
+SUPPORTED_OPS["MaxPool"] = _pool("max_pool")
+
+
+@_op("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(c: _Ctx):
+    mb = _mb()
+    axes = list(range(2, len(c.shape(0))))
+    fn = mb.reduce_mean if c.node.op_type == "GlobalAveragePool" else mb.reduce_max
+    return fn(x=c.var(0), axes=axes, keep_dims=True)
+
+
+@_op("BatchNormalization")
+def _batch_norm(c: _Ctx):
+    if c.attr("training_mode", 0):
+        raise c.unsupported("training_mode=1")
+    return _mb().batch_norm(x=c.var(0), gamma=c.var(1), beta=c.var(2), mean=c.var(3), variance=c.var(4),
+                            epsilon=np.float32(c.attr("epsilon", 1e-5)))
+
+
+@_op("LayerNormalization")
+def _layer_norm(c: _Ctx):
+    rank = len(c.shape(0))
+    axis = int(c.attr("axis", -1)) % rank
+    if any(o for o in c.node.output[1:]):
+        raise c.unsupported("the Mean/InvStdDev outputs")
+    args = {"gamma": c.var(1)}
+    if c.has(2):
+        args["beta"] = c.var(2)
+    return _mb().layer_norm(x=c.var(0), axes=list(range(axis, rank)), epsilon=np.float32(c.attr("epsilon", 1e-5)),
+                            **args)
+
+
+@_op("Softmax")
+def _softmax(c: _Ctx):
+    rank = len(c.shape(0))
+    axis = int(c.attr("axis", -1 if c.opset >= 13 else 1)) % rank
+    if c.opset < 13 and axis != rank - 1:
+        raise c.unsupported("opset < 13 Softmax over a non-last axis (flattening semantics)")
+    return _mb().softmax(x=c.var(0), axis=axis)
+
+
+@_op("Gemm")
+def _gemm(c: _Ctx):
+    mb = _mb()
+    alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
+    trans_a, trans_b = bool(c.attr("transA", 0)), bool(c.attr("transB", 0))
+    b_val = c.consts.get(c.node.input[1])
+    if b_val is not None and not trans_a and alpha == 1.0 and (beta == 1.0 or not c.has(2)):
+        weight = np.asarray(b_val) if trans_b else np.ascontiguousarray(np.asarray(b_val).T)
+        args = {}
+        if c.has(2):
+            bias = c.consts.get(c.node.input[2])
+            if bias is not None and np.size(bias) in (1, weight.shape[0]):
+                args["bias"] = np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (weight.shape[0],)).copy()
+            else:
+                return mb.add(x=mb.linear(x=c.var(0), weight=weight), y=c.var(2))
+        return mb.linear(x=c.var(0), weight=weight, **args)
+    out = mb.matmul(x=c.var(0), y=c.var(1), transpose_x=trans_a, transpose_y=trans_b)
+    if alpha != 1.0:
+        out = mb.mul(x=out, y=np.float32(alpha))
+    if c.has(2):
+        cvar = c.var(2) if beta == 1.0 else mb.mul(x=c.var(2), y=np.float32(beta))
+        out = mb.add(x=out, y=cvar)
+    return out
+
+
+@_op("Flatten")
+def _flatten(c: _Ctx):
+    shape = c.shape(0)
+    axis = int(c.attr("axis", 1)) % (len(shape) + 1) if shape else 0
+    head, tail = shape[:axis], shape[axis:]
+    if all(isinstance(d, (int, np.integer)) for d in tail):
+        new = [int(np.prod(tail))]
+        if all(isinstance(d, (int, np.integer)) for d in head):
+            new.insert(0, int(np.prod(head)))
+        else:
+            new.insert(0, -1)
+    elif all(isinstance(d, (int, np.integer)) for d in head):
+        new = [int(np.prod(head)), -1]
+    else:
+        raise c.unsupported("flattening symbolic dims on both sides of the axis")
+    return _mb().reshape(x=c.var(0), shape=np.array(new, np.int32))
+
+
+@_op("Reshape")
+def _reshape(c: _Ctx):
+    target = [int(d) for d in c.val(1, "shape")]
+    shape = c.shape(0)
+    if c.attr("allowzero", 0) and 0 in target:
+        raise c.unsupported("allowzero=1 with a 0 in the shape")
+    if 0 in target:
+        keep_zero = len(target) == len(shape)
+        out = []
+        for i, d in enumerate(target):
+            if d != 0:
+                out.append(d)
+            elif isinstance(shape[i], (int, np.integer)):
+                out.append(int(shape[i]))
+            elif keep_zero:
+                out.append(0)
+            else:
+                raise c.unsupported("a 0 in the shape copying a symbolic dim across a rank change")
+        target = out
+    return _mb().reshape(x=c.var(0), shape=np.array(target, np.int32))
+
+
+@_op("Transpose")
+def _transpose(c: _Ctx):
+    rank = len(c.shape(0))
+    perm = list(c.attr("perm", list(range(rank))[::-1]))
+    return _mb().transpose(x=c.var(0), perm=perm)
+
+
+def _axes(c: _Ctx, attr_before: int) -> list[int] | None:
+    """Axes given as an attribute before opset ``attr_before`` and as input 1 from then on."""
+    if c.opset < attr_before:
+        a = c.attr("axes")
+        return None if a is None else [int(x) for x in a]
+    v = c.val(1, "axes")
+    return None if v is None else [int(x) for x in np.ravel(v)]
+
+
+@_op("Unsqueeze")
+def _unsqueeze(c: _Ctx):
+    return _mb().expand_dims(x=c.var(0), axes=_axes(c, 13))
+
+
+@_op("Squeeze")
+def _squeeze(c: _Ctx):
+    axes = _axes(c, 13)
+    return _mb().squeeze(x=c.var(0), axes=axes) if axes else _mb().squeeze(x=c.var(0))
+
+
+def _reduce(mil_op: str) -> Handler:
+    def fn(c: _Ctx):
+        axes = _axes(c, 18 if c.node.op_type != "ReduceSum" else 13)
+        x = c.var(0)
+        if not axes:
+            if c.attr("noop_with_empty_axes", 0):
+                return _mb().identity(x=x)
+            axes = list(range(len(c.shape(0))))
+        return getattr(_mb(), mil_op)(x=x, axes=axes, keep_dims=bool(c.attr("keepdims", 1)))
+    return fn
+
+
+for _onnx, _mil in {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
+                    "ReduceMin": "reduce_min"}.items():
+    SUPPORTED_OPS[_onnx] = _reduce(_mil)
+
+
+@_op("Concat")
+def _concat(c: _Ctx):
+    return _mb().concat(values=[c.var(i) for i in range(len(c.node.input))], axis=int(c.attr("axis")))
+
+
+@_op("Gather")
+def _gather(c: _Ctx):
+    mb = _mb()
+    idx = c.node.input[1]
+    if idx in c.consts:
+        indices = np.asarray(c.consts[idx]).astype(np.int32)
+        if indices.size and indices.min() < 0:
+            indices = np.where(indices < 0, indices + c.shape(0)[int(c.attr("axis", 0))], indices)
+    else:
+        indices = c.var(1)
+    return mb.gather(x=c.var(0), indices=indices, axis=int(c.attr("axis", 0)))
+
+
+@_op("Cast")
+def _cast(c: _Ctx):
+    to = int(c.attr("to"))
+    if to not in _CAST_TO:
+        raise c.unsupported(f"Cast to ONNX data type {to}")
+    return _mb().cast(x=c.var(0), dtype=_CAST_TO[to])
+
+
+@_op("Constant")
+def _constant(c: _Ctx):
+    from onnx import numpy_helper
+
+    for a in c.node.attribute:
+        if a.name == "value":
+            return _np_const(numpy_helper.to_array(a.t))
+        if a.name in ("value_float", "value_int"):
+            return _np_const(np.array(a.f if a.name == "value_float" else a.i))
+        if a.name in ("value_floats", "value_ints"):
+            return _np_const(np.array(list(a.floats) if a.name == "value_floats" else list(a.ints)))
+    raise c.unsupported("a Constant without a dense value")
+
+
+@_op("Slice")
+def _slice(c: _Ctx):
+    shape = c.shape(0)
+    rank = len(shape)
+    starts, ends = [int(v) for v in c.val(1, "starts")], [int(v) for v in c.val(2, "ends")]
+    axes = [int(v) % rank for v in c.val(3, "axes")] if c.has(3) else list(range(len(starts)))
+    steps = [int(v) for v in c.val(4, "steps")] if c.has(4) else [1] * len(starts)
+    begin, end, stride = [0] * rank, [0] * rank, [1] * rank
+    begin_mask, end_mask = [True] * rank, [True] * rank
+    big = 2 ** 31 - 1
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        stride[a] = st
+        begin[a], begin_mask[a] = max(min(s, big), -big), False
+        if (st > 0 and e >= big) or (st < 0 and e <= -big):
+            end_mask[a] = True
+        else:
+            end[a], end_mask[a] = e, False
+    return _mb().slice_by_index(x=c.var(0), begin=np.array(begin, np.int32), end=np.array(end, np.int32),
+                                stride=np.array(stride, np.int32), begin_mask=begin_mask, end_mask=end_mask)
+
+
+@_op("Pad")
+def _pad(c: _Ctx):
+    mode = c.attr("mode", "constant")
+    if c.opset < 11:
+        pads, value = list(c.attr("pads")), float(c.attr("value", 0.0))
+    else:
+        pads = [int(v) for v in c.val(1, "pads")]
+        value = float(c.val(2, "constant_value")) if c.has(2) else 0.0
+        if c.has(3):
+            raise c.unsupported("the axes input of Pad")
+    rank = len(pads) // 2
+    mil_pad = [p for i in range(rank) for p in (pads[i], pads[i + rank])]
+    if min(mil_pad) < 0:
+        raise c.unsupported("negative pads")
+    return _mb().pad(x=c.var(0), pad=np.array(mil_pad, np.int32), mode=mode, constant_val=np.float32(value))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def _load(model) -> Any:
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"ONNX model {path} does not exist")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX model ({exc})") from None
+    return model
+
+
+def check_supported(model) -> None:
+    """Raise UnsupportedOpError for the first node outside the table (before any MIL is built)."""
+    model = _load(model)
+    for node in model.graph.node:
+        if not supports(node):
+            raise UnsupportedOpError(
+                f"Core ML export: node {node.name or '<unnamed>'!r} has op type "
+                f"{(node.domain + '.') if node.domain else ''}{node.op_type}, which the ONNX->MIL translator "
+                f"does not support (supported: {len(SUPPORTED_OPS)} ops, see edgekit.converters.onnx_to_mil)")
+
+
+def translate(model, input_shapes: dict[str, list[int]] | None = None, opset_version=None) -> MilTranslation:
+    """Translate an ONNX model (path or ModelProto) into a MIL program with one function ``main``."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, Program, get_new_symbol, types
+    from onnx import numpy_helper
+
+    model = _load(model)
+    check_supported(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    g = model.graph
+    consts = {i.name: _np_const(numpy_helper.to_array(i)) for i in g.initializer}
+    input_shapes = dict(input_shapes or {})
+    unknown = set(input_shapes) - {i.name for i in g.input}
+    if unknown:
+        raise InputError(f"input_shapes names unknown input(s) {sorted(unknown)}; "
+                         f"the model's inputs are {[i.name for i in g.input if i.name not in consts]}")
+
+    mil_dtype = {np.float32: types.fp32, np.float16: types.fp16, np.int32: types.int32, np.bool_: types.bool}
+    specs, in_names, narrowed = {}, {}, {}
+    for inp in g.input:
+        if inp.name in consts:
+            continue
+        tt = inp.type.tensor_type
+        if tt.elem_type not in _ONNX_TO_NP:
+            raise UnsupportedOpError(f"Core ML export: input {inp.name!r} has ONNX data type {tt.elem_type}, "
+                                     "which Core ML cannot take")
+        if tt.elem_type == 7:
+            narrowed[inp.name] = "int64->int32"
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if inp.name in input_shapes:
+            given = [int(d) for d in input_shapes[inp.name]]
+            if len(given) != len(dims) or any(d is not None and d != e for d, e in zip(dims, given)):
+                raise InputError(f"input_shapes[{inp.name!r}] = {given} does not fit the model's shape {dims}")
+            dims = given
+        shape = [d if d is not None else get_new_symbol() for d in dims]
+        name = mil_name(inp.name)
+        in_names[inp.name] = name
+        specs[name] = mb.placeholder(shape=shape, dtype=mil_dtype[_ONNX_TO_NP[tt.elem_type]])
+
+    ctx = _Ctx({}, consts, opset)
+    counts: dict[str, int] = {}
+    with Function(specs, opset_version) as func:
+        for onnx_name, name in in_names.items():
+            ctx.env[onnx_name] = func.inputs[name]
+        for node in g.node:
+            ctx.node = node
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            try:
+                res = SUPPORTED_OPS[node.op_type](ctx)
+            except UnsupportedOpError:
+                raise
+            except Exception as exc:
+                raise ConversionError(f"Core ML export: node {node.name or '<unnamed>'!r} (op {node.op_type}) "
+                                      f"failed to translate: {exc}") from exc
+            outs = res if isinstance(res, (list, tuple)) else [res]
+            for oname, val in zip(node.output, outs):
+                if isinstance(val, np.ndarray):
+                    consts[oname] = val
+                else:
+                    ctx.env[oname] = val
+        outputs, out_names = [], {}
+        for o in g.output:
+            name = mil_name(o.name)
+            if o.name not in ctx.env and o.name in consts:
+                ctx.env[o.name] = mb.const(val=consts[o.name])
+            if o.name not in ctx.env:
+                raise ConversionError(f"Core ML export: graph output {o.name!r} is produced by no node")
+            outputs.append(mb.identity(x=ctx.env[o.name], name=name))
+            out_names[o.name] = name
+        func.set_outputs(outputs)
+    prog = Program()
+    prog.add_function("main", func)
+    return MilTranslation(prog, in_names, out_names, narrowed, counts)
