@@ -1,0 +1,148 @@
+"""Runs INSIDE the onnx2tf tool environment (numpy 1, TensorFlow 2.19): ONNX -> SavedModel -> .tflite.
+
+Not imported by edgekit. Invoked as ``python _tflite_worker.py JOB.json``; the job names the ONNX copy,
+the output file, the precision, the inputs to keep in NCHW, and an optional calibration ``.npz``.
+Progress goes to stdout as ``EDGEKIT-STAGE <name>`` lines (onnx2tf's own per-node lines pass through);
+ops onnx2tf has no handler for are reported as ``EDGEKIT-UNSUPPORTED <node> <op_type>`` with exit status 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pkgutil
+import re
+import sys
+
+SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def stage(name: str) -> None:
+    print(f"EDGEKIT-STAGE {name}", flush=True)
+
+
+def check_ops(onnx_path: str) -> int:
+    """Report every node whose op onnx2tf cannot convert; return how many."""
+    import onnx
+    import onnx2tf.ops
+
+    known = {m.name for m in pkgutil.iter_modules(onnx2tf.ops.__path__)}
+    model = onnx.load(onnx_path, load_external_data=False)
+    bad = 0
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+            print(f"EDGEKIT-UNSUPPORTED {node.name or '<unnamed>'} {node.domain + '.' if node.domain else ''}"
+                  f"{node.op_type}", flush=True)
+            bad += 1
+    return bad
+
+
+def to_saved_model(job: dict) -> str:
+    import numpy as np
+    import onnx2tf
+
+    if not os.path.exists(SAMPLE):  # onnx2tf downloads this for 3-channel inputs otherwise (fails offline)
+        rng = np.random.default_rng(0)
+        np.save(SAMPLE, rng.random((20, 128, 128, 3), dtype=np.float32))
+    out_dir = job.get("saved_model") or os.path.join(job["workdir"], "saved_model")
+    onnx2tf.convert(
+        input_onnx_file_path=job["onnx"],
+        output_folder_path=out_dir,
+        keep_ncw_or_nchw_or_ncdhw_input_names=job["keep_nchw"] or None,
+        replace_to_pseudo_operators=job.get("pseudo_ops") or None,
+        output_signaturedefs=True,
+        copy_onnx_input_output_names_to_tflite=False,
+        non_verbose=False,
+        verbosity="info",
+    )
+    return out_dir
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", name).lower()
+
+
+def representative(job: dict, signature):
+    """Yield calibration samples keyed by the SavedModel signature's input names."""
+    import numpy as np
+
+    data = np.load(job["calibration"])
+    onnx_names = job["input_names"]
+    spec = signature.structured_input_signature[1]
+    keys = list(spec)
+    mapping = {}
+    for name in onnx_names:
+        hit = [k for k in keys if k == name] or [k for k in keys if _norm(k) == _norm(name)]
+        if not hit and len(keys) == len(onnx_names) == 1:
+            hit = keys
+        if not hit:
+            raise SystemExit(f"EDGEKIT-ERROR calibration input {name!r} has no match among {keys}")
+        mapping[hit[0]] = name
+    n = min(len(data[name]) for name in onnx_names)
+    n = min(n, int(job.get("max_samples", 200)))
+
+    def gen():
+        for i in range(n):
+            yield {k: data[src][i:i + 1].astype(spec[k].dtype.as_numpy_dtype) for k, src in mapping.items()}
+    return gen
+
+
+def to_tflite(job: dict, saved_model: str) -> dict:
+    import tensorflow as tf
+
+    precision = job["precision"]
+    info = {"precision": precision}
+
+    def make():
+        conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if precision == "fp16":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.target_spec.supported_types = [tf.float16]
+        elif precision == "int8-dynamic":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif precision == "int8":
+            loaded = tf.saved_model.load(saved_model)
+            sig = loaded.signatures["serving_default"]
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.representative_dataset = representative(job, sig)
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return conv
+
+    stage(f"tflite-{precision}")
+    conv = make()
+    try:
+        blob = conv.convert()
+    except Exception as exc:  # some op has no int8 kernel: allow float fallback for it
+        if precision != "int8":
+            raise
+        print(f"EDGEKIT-NOTE int8-only conversion failed ({str(exc).splitlines()[0][:200]}); "
+              f"retrying with float fallback for ops without int8 kernels", flush=True)
+        conv = make()
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        blob = conv.convert()
+        info["float_fallback"] = True
+    with open(job["out"], "wb") as f:
+        f.write(blob)
+    return info
+
+
+def main() -> int:
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    stage("check-ops")
+    if check_ops(job["onnx"]):
+        return 3
+    stage("onnx2tf")
+    saved = job.get("saved_model")
+    if saved and os.path.isfile(os.path.join(saved, "saved_model.pb")):
+        print("EDGEKIT-NOTE reusing the SavedModel of an earlier export of this source", flush=True)
+    else:
+        saved = to_saved_model(job)
+    info = to_tflite(job, saved)
+    print("EDGEKIT-RESULT " + json.dumps(info), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""TFLite export: ONNX -> .tflite through onnx2tf in an isolated tool environment; PyTorch -> .tflite with litert-torch.
+
+ONNX sources: the graph is prepared here (a copy: onnx2tf overwrites its input; an opset-17 erf-GELU is
+fused into a real ``Gelu`` at opset 20 so it does not become the FlexErf op LiteRT cannot run), then
+``_tflite_worker.py`` runs in the onnx2tf tool environment (converters/toolenv.py): onnx2tf writes a
+SavedModel keeping the source's NCHW inputs, and ``TFLiteConverter.from_saved_model`` writes the requested
+precision (fp32, fp16, int8-dynamic, or full int8 from the calibration data) with float inputs/outputs.
+Every result is loaded in LiteRT and checked against the source's inputs and outputs before it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._fs import atomic_file
+from edgekit.errors import ConversionError, InputError, UnsupportedOpError
+
+from . import register_exporter, toolenv
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+_WORKER = Path(__file__).with_name("_tflite_worker.py")
+#: stages the worker reports, in order (for the progress bar)
+_STAGES = ("check-ops", "onnx2tf", "tflite", "verify")
+
+
+def _check_precision(precision: str, calibration: dict | None) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown TFLite precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not calibration:
+        raise InputError("static int8 TFLite export needs calibration data (--calibration / calibration=); "
+                         "use int8-dynamic for weight-only quantization without data")
+
+
+def _load_onnx(onnx_path: Path):
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise InputError(f"ONNX source {path} does not exist")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ConversionError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
+    return model
+
+
+def _const(model, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            arr = numpy_helper.to_array(init)
+            return float(arr) if arr.size == 1 else None
+    return None
+
+
+def fuse_erf_gelu(model) -> int:
+    """Rewrite ``x * 0.5 * (1 + erf(x / sqrt(2)))`` chains into one ``Gelu`` node; return how many."""
+    g = model.graph
+    consumers: dict[str, list] = {}
+    producer = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def only(name):
+        c = consumers.get(name, [])
+        return c[0] if len(c) == 1 else None
+
+    def other(node, name):
+        rest = [i for i in node.input if i != name]
+        return rest[0] if len(rest) == 1 else None
+
+    fused, drop, add = 0, set(), []
+    from onnx import helper
+
+    for erf in [n for n in g.node if n.op_type == "Erf"]:
+        scale = producer.get(erf.input[0])
+        if scale is None or scale.op_type not in ("Div", "Mul"):
+            continue
+        x = scale.input[0]
+        c = _const(model, scale.input[1])
+        if c is None or not (abs(c - np.sqrt(2)) < 1e-3 if scale.op_type == "Div" else abs(c - 1 / np.sqrt(2)) < 1e-3):
+            continue
+        add1 = only(erf.output[0])
+        if add1 is None or add1.op_type != "Add" or _const(model, other(add1, erf.output[0]) or "") != 1.0:
+            continue
+        m1 = only(add1.output[0])
+        if m1 is None or m1.op_type != "Mul":
+            continue
+        chain = [scale, erf, add1, m1]
+        partner = other(m1, add1.output[0])
+        if partner == x:  # x * (1 + erf) then * 0.5
+            m2 = only(m1.output[0])
+            if m2 is None or m2.op_type != "Mul" or _const(model, other(m2, m1.output[0]) or "") != 0.5:
+                continue
+            chain.append(m2)
+            out = m2.output[0]
+        else:  # (0.5 * x) * (1 + erf)
+            half = producer.get(partner or "")
+            if half is None or half.op_type != "Mul" or x not in half.input:
+                continue
+            if _const(model, other(half, x) or "") != 0.5 or len(consumers.get(half.output[0], [])) != 1:
+                continue
+            chain.append(half)
+            out = m1.output[0]
+        if any(len(consumers.get(n.output[0], [])) != 1 for n in chain[:3]):
+            continue
+        drop.update(id(n) for n in chain)
+        add.append((chain[-1], helper.make_node("Gelu", [x], [out], name=f"{erf.name or 'erf'}_gelu")))
+        fused += 1
+    if fused:
+        keep = []
+        replacement = {id(last): node for last, node in add}
+        for n in g.node:
+            if id(n) in replacement:
+                keep.append(replacement[id(n)])
+            elif id(n) not in drop:
+                keep.append(n)
+        del g.node[:]
+        g.node.extend(keep)
+    return fused
+
+
+def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
+    """Write a conversion-ready copy of the source to ``dest``; return facts about it."""
+    import onnx
+    from onnx import version_converter
+
+    model = _load_onnx(onnx_path)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    has_erf = any(n.op_type == "Erf" for n in model.graph.node)
+    fused = 0
+    if has_erf:
+        if opset < 20:
+            try:
+                model = version_converter.convert_version(model, 20)
+            except Exception as exc:
+                raise ConversionError(f"{onnx_path}: cannot upgrade opset {opset} -> 20 for the erf-GELU "
+                                      f"rewrite: {str(exc).splitlines()[0][:200]}") from None
+        fused = fuse_erf_gelu(model)
+        onnx.checker.check_model(model)
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    onnx.save(model, str(dest))
+    return {
+        "input_names": [i.name for i in inputs],
+        "input_ranks": [len(i.type.tensor_type.shape.dim) for i in inputs],
+        "erf_left": any(n.op_type == "Erf" for n in model.graph.node),
+        "gelu_fused": fused,
+    }
+
+
+def _source_specs(onnx_path: Path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return sess.get_inputs(), sess.get_outputs()
+
+
+def verify_tflite(path: Path, onnx_path: Path) -> None:
+    """Load ``path`` in LiteRT and check its inputs/outputs against the ONNX source (count, rank, shape)."""
+    from edgekit.runtimes.litert import interpreter_class
+
+    Interpreter = interpreter_class()
+    try:
+        interp = Interpreter(model_path=str(path))
+        interp.allocate_tensors()
+    except Exception as exc:
+        msg = str(exc)
+        flex = sorted(set(re.findall(r"Flex\w+", msg)))
+        if flex or "Select TensorFlow op" in msg:
+            raise UnsupportedOpError(f"{path.name}: LiteRT cannot run the TensorFlow op(s) "
+                                     f"{', '.join(flex) or '(Flex)'} this model converted to") from None
+        raise ConversionError(f"{path.name}: the converted model does not load in LiteRT: "
+                              f"{msg.splitlines()[0][:300] if msg else type(exc).__name__}") from None
+    ops = {op["op_name"] for op in interp._get_ops_details()}
+    flex = sorted(o for o in ops if "Flex" in o or o.startswith("Custom"))
+    if flex:
+        raise UnsupportedOpError(f"{path.name}: contains op(s) LiteRT cannot run: {', '.join(flex)}")
+    src_in, src_out = _source_specs(onnx_path)
+    sigs = interp.get_signature_list()
+    if len(sigs) == 1:
+        runner = interp.get_signature_runner(next(iter(sigs)))
+        t_in, t_out = list(runner.get_input_details().values()), list(runner.get_output_details().values())
+    else:
+        t_in, t_out = interp.get_input_details(), interp.get_output_details()
+    for kind, src, got in (("inputs", src_in, t_in), ("outputs", src_out, t_out)):
+        if len(src) != len(got):
+            raise ConversionError(f"{path.name}: {len(got)} {kind} after conversion, the source has {len(src)}")
+        for s, t in zip(src, got):
+            want = [d if isinstance(d, int) else -1 for d in s.shape]
+            sig = t.get("shape_signature")
+            have = [int(d) for d in (sig if sig is not None and len(sig) else t["shape"])]
+            if len(want) != len(have) or any(w != h and w != -1 and h != -1 for w, h in zip(want, have)):
+                raise ConversionError(f"{path.name}: {kind[:-1]} {s.name!r} has shape {have} after conversion, "
+                                      f"the source has {want} (layout changed)")
+            if kind == "inputs" or "float" in s.type:
+                if np.dtype(t["dtype"]).kind not in ("f", "i", "u", "b") or (
+                        "float" in s.type and np.dtype(t["dtype"]) != np.float32):
+                    raise ConversionError(f"{path.name}: {kind[:-1]} {s.name!r} is {np.dtype(t['dtype'])}, "
+                                          f"expected float32 like the source")
+
+
+class _Progress:
+    """A tqdm bar over the conversion stages, refined by onnx2tf's per-node lines."""
+
+    def __init__(self, name: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(_STAGES), desc=f"tflite {name}", unit="step", file=sys.stderr, leave=False)
+        self.unsupported: list[tuple[str, str]] = []
+        self.errors: list[str] = []
+        self.result: dict = {}
+
+    def line(self, text: str) -> None:
+        text = text.rstrip()
+        if text.startswith("EDGEKIT-STAGE "):
+            stage = text.split(" ", 1)[1]
+            self.bar.set_postfix_str(stage)
+            if stage != "check-ops":
+                self.bar.update(1)
+        elif text.startswith("EDGEKIT-UNSUPPORTED "):
+            _, node, op = text.split(" ", 2)
+            self.unsupported.append((node, op))
+        elif text.startswith("EDGEKIT-RESULT "):
+            self.result = json.loads(text.split(" ", 1)[1])
+        elif text.startswith("EDGEKIT-ERROR "):
+            self.errors.append(text.split(" ", 1)[1])
+        else:
+            m = re.search(r"INFO:\s*(\d+)\s*/\s*(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", text))
+            if m:
+                self.bar.set_postfix_str(f"onnx2tf node {m.group(1)}/{m.group(2)}")
+            elif text.endswith("started " + "=" * 20) or " started =" in text:
+                self.bar.set_postfix_str("onnx2tf: " + re.sub(r"\x1b\[[0-9;]*m", "", text).split(" started")[0])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _failure_detail(output: str) -> str:
+    """The most telling lines of a failed onnx2tf/TF run: the ONNX node it was on and the last error."""
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    node = re.findall(r"onnx_op_name:\s*(\S+)", clean)
+    optype = re.findall(r"onnx_op_type:\s*(\S+)", clean)
+    errs = [ln.strip() for ln in clean.splitlines()
+            if re.search(r"(Error|ERROR|Exception)\b", ln) and "EDGEKIT" not in ln]
+    parts = []
+    if node:
+        parts.append(f"at ONNX node {node[-1]!r} ({optype[-1] if optype else '?'})")
+    if errs:
+        parts.append(errs[-1][:400])
+    return "; ".join(parts) or (clean.strip().splitlines() or ["no output"])[-1][:400]
+
+
+#: SavedModels written by onnx2tf in this process, by source hash: other precisions of one source reuse them
+_SAVED: dict[str, tempfile.TemporaryDirectory] = {}
+
+
+def _saved_model_dir(prepared_onnx: Path, job: dict) -> Path:
+    """Where the SavedModel of this (prepared source, onnx2tf options) lives for this process."""
+    from edgekit._fs import sha256_path
+
+    key = sha256_path(prepared_onnx) + json.dumps([job["keep_nchw"], job["pseudo_ops"], toolenv.ONNX2TF.key])
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
+    if key not in _SAVED:
+        while len(_SAVED) >= 8:
+            _SAVED.pop(next(iter(_SAVED))).cleanup()
+        _SAVED[key] = tempfile.TemporaryDirectory(prefix="edgekit-savedmodel-")
+    return Path(_SAVED[key].name) / "saved_model"
+
+
+@register_exporter
+class TFLiteExporter:
+    """ONNX -> TFLite with onnx2tf (tool environment) + TFLiteConverter; validated in LiteRT."""
+
+    format = "tflite"
+    extra = "tflite"
+    suffix = ".tflite"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+            return "checking TFLite exports needs LiteRT: pip install 'edgekit[tflite]'"
+        return toolenv.unavailable_reason(toolenv.ONNX2TF)
+
+    def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
+               **options: Any) -> Path:
+        """Convert ``onnx_path`` to ``out_path`` at ``precision``. Options: force, keep_nchw, timeout."""
+        force = bool(options.pop("force", False))
+        keep_nchw = options.pop("keep_nchw", True)
+        timeout = options.pop("timeout", 1800)
+        if options:
+            raise InputError(f"unknown option(s) for the TFLite exporter: {', '.join(sorted(options))}")
+        _check_precision(precision, calibration)
+        onnx_path, out_path = Path(onnx_path), Path(out_path)
+        with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as tmp:
+            work = Path(tmp)
+            facts = prepare_onnx(onnx_path, work / "model.onnx")
+            job = {
+                "onnx": str(work / "model.onnx"), "workdir": str(work), "out": str(work / "model.tflite"),
+                "precision": precision, "input_names": facts["input_names"],
+                "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
+                if keep_nchw else [],
+                "pseudo_ops": ["Erf"] if facts["erf_left"] else [],
+            }
+            if precision == "int8":
+                missing = [n for n in facts["input_names"] if n not in calibration]
+                if missing:
+                    raise InputError(f"calibration data lacks input(s) {', '.join(missing)}; "
+                                     f"given: {', '.join(calibration) or 'none'}")
+                np.savez(work / "calibration.npz", **{n: np.asarray(calibration[n]) for n in facts["input_names"]})
+                job["calibration"] = str(work / "calibration.npz")
+            job["saved_model"] = str(_saved_model_dir(work / "model.onnx", job))
+            (work / "job.json").write_text(json.dumps(job))
+            shutil.copy(_WORKER, work / _WORKER.name)
+            progress = _Progress(onnx_path.stem)
+            try:
+                code, output = toolenv.run_tool(toolenv.ONNX2TF, [str(work / _WORKER.name), str(work / "job.json")],
+                                                cwd=work, timeout=timeout, on_line=progress.line)
+            finally:
+                progress.close()
+            if progress.unsupported:
+                nodes = ", ".join(f"{n} ({op})" for n, op in progress.unsupported)
+                raise UnsupportedOpError(f"{onnx_path.name}: TFLite export (onnx2tf) cannot convert node(s) {nodes}")
+            if code != 0 or not (work / "model.tflite").is_file():
+                detail = "; ".join(progress.errors) or _failure_detail(output)
+                raise ConversionError(f"{onnx_path.name}: TFLite {precision} export failed: {detail}")
+            verify_tflite(work / "model.tflite", onnx_path)
+            with atomic_file(out_path, force=force) as tmp_out:
+                shutil.copyfile(work / "model.tflite", tmp_out)
+        return out_path
+
+
+def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
+                 calibration: dict | list | None = None, force: bool = False) -> Path:
+    """Convert a PyTorch module to ``out_path`` (.tflite) with litert-torch (PT2E quantization for int8).
+
+    ``calibration`` for static int8: a list of example-input tuples, or a dict input-position/name -> array
+    [N, ...] (sample ``i`` is ``arr[i:i+1]``), in the order of ``example_inputs``.
+    """
+    from edgekit._extras import require
+
+    _check_precision(precision, calibration)
+    torch = require("torch", "tflite-export", "PyTorch -> TFLite export")
+    litert_torch = require("litert_torch", "tflite-export", "PyTorch -> TFLite export")
+    module = module.eval()
+    example_inputs = tuple(example_inputs)
+    out_path = Path(out_path)
+    try:
+        if precision == "fp32":
+            edge = litert_torch.convert(module, example_inputs)
+        elif precision in ("int8", "int8-dynamic"):
+            edge = _torch_pt2e(torch, litert_torch, module, example_inputs, precision, calibration)
+        else:  # fp16: float16 weights, float32 compute and I/O
+            from ai_edge_quantizer import quantizer
+
+            edge32 = litert_torch.convert(module, example_inputs)
+            with tempfile.TemporaryDirectory(prefix="edgekit-torch-") as tmp:
+                f32 = Path(tmp) / "fp32.tflite"
+                edge32.export(str(f32))
+                qt = quantizer.Quantizer(str(f32))
+                qt.load_quantization_recipe(_fp16_recipe())
+                blob = qt.quantize().quantized_model
+            with atomic_file(out_path, force=force) as tmp_out:
+                Path(tmp_out).write_bytes(bytes(blob))
+            return out_path
+    except Exception as exc:
+        raise ConversionError(f"litert-torch {precision} conversion failed: {str(exc).splitlines()[0][:400]}") \
+            from exc
+    with atomic_file(out_path, force=force) as tmp_out:
+        edge.export(str(tmp_out))
+    return out_path
+
+
+def _fp16_recipe():
+    """ai-edge-quantizer recipe: the weights of every supported op cast to float16, compute in float32."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    rm = recipe_manager.RecipeManager()
+    rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                              algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return rm.get_quantization_recipe()
+
+
+def _torch_samples(example_inputs: tuple, calibration) -> list[tuple]:
+    if calibration is None:
+        return [example_inputs]
+    if isinstance(calibration, (list, tuple)):
+        return [tuple(s) if isinstance(s, (list, tuple)) else (s,) for s in calibration]
+    arrays = list(calibration.values())
+    n = min(len(a) for a in arrays)
+    return [tuple(np.asarray(a)[i:i + 1] for a in arrays) for i in range(n)]
+
+
+def _torch_pt2e(torch, litert_torch, module, example_inputs, precision, calibration):
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+    dynamic = precision == "int8-dynamic"
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    graph = torch.export.export(module, example_inputs).module()
+    graph = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for sample in _torch_samples(example_inputs, calibration):
+            graph(*[torch.as_tensor(np.asarray(s)) if not isinstance(s, torch.Tensor) else s for s in sample])
+    graph = convert_pt2e(graph, fold_quantize=False)
+    return litert_torch.convert(graph, example_inputs, quant_config=QuantConfig(pt2e_quantizer=quantizer))

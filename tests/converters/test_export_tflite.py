@@ -1,0 +1,185 @@
+"""TFLite exporter: ONNX (cnn, bert_block, mlp) -> .tflite at every precision, run in LiteRT through
+``edgekit.load`` and compared with onnxruntime on the ONNX source; bad inputs; the tool environment.
+
+The first test builds the onnx2tf tool environment (a few minutes, once per machine; cached afterwards).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.converters import get_exporter, toolenv
+from edgekit.errors import ConversionError, InputError, OutputExistsError, UnsupportedOpError
+
+import models
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT (edgekit[tflite]) is not installed"
+)
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+N_CAL, N_EVAL = 32, 16
+
+
+@pytest.fixture(scope="module")
+def tool_env() -> Path:
+    """The onnx2tf tool environment, built on first use (skipped, with pip's reason, if it cannot be)."""
+    reason = toolenv.unavailable_reason(toolenv.ONNX2TF)
+    if reason:
+        pytest.skip(reason)
+    try:
+        return toolenv.ensure(toolenv.ONNX2TF)
+    except toolenv.ToolEnvError as exc:
+        pytest.skip(f"onnx2tf tool environment cannot be built here: {exc}")
+
+
+def _inputs(name: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if name == "cnn":
+        return {"image": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)}
+    if name == "bert_block":
+        return {"input_ids": rng.integers(0, 100, (n, 8)).astype(np.int64)}
+    return {"x": rng.standard_normal((n, 16)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tflite-src")
+    return {name: models.save(getattr(models, name)(), d / f"{name}.onnx") for name in ("cnn", "bert_block", "mlp")}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name", ["cnn", "bert_block", "mlp"])
+def test_export_runs_in_litert_and_matches_onnxruntime(tool_env, sources, tmp_path, name, precision):
+    src = sources[name]
+    cal = _inputs(name, N_CAL, seed=1) if precision == "int8" else None
+    out = get_exporter("tflite").export(src, tmp_path / f"{name}-{precision}.tflite", precision, calibration=cal)
+    assert out.is_file() and out.stat().st_size > 0
+
+    sess = edgekit.load(out)
+    onnx_in = [i.name for i in edgekit.load(src).inputs]
+    # same inputs, in the same order and layout (NCHW stays NCHW), float or the source's int type
+    assert [i.name for i in sess.inputs] == onnx_in
+    feeds_all = _inputs(name, N_EVAL, seed=2)
+    got, ref = [], []
+    for i in range(N_EVAL):
+        feeds = {k: v[i:i + 1] for k, v in feeds_all.items()}
+        res = sess.run(feeds)
+        assert len(res) == 1
+        out_arr = next(iter(res.values()))
+        assert out_arr.dtype == np.float32  # float outputs at every precision (dequantized inside)
+        got.append(out_arr)
+        ref.append(next(iter(models.ort_reference(src, feeds).values())))
+    got, ref = np.concatenate(got), np.concatenate(ref)
+    assert got.shape == ref.shape
+    err = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max())
+    cos = _cosine(got, ref)
+    if precision == "fp32":
+        assert err <= 1e-4 * max(1.0, scale), err  # same float32 math, different kernels
+    elif precision == "fp16":
+        assert err <= 1e-2 * max(1.0, scale) and cos >= 0.9999, (err, cos)  # fp16 weights, fp32 compute
+    else:
+        assert cos >= 0.99, cos  # int8 weights (and activations for static int8)
+        if name == "cnn":  # classifier: top-1 agreement with the fp32 ONNX model
+            agree = float((got.argmax(-1) == ref.argmax(-1)).mean())
+            assert agree >= 0.9, agree
+
+
+@pytest.mark.slow
+def test_static_int8_is_smaller_and_quantized(tool_env, sources, tmp_path):
+    exp = get_exporter("tflite")
+    cal = _inputs("bert_block", N_CAL, seed=1)
+    f32 = exp.export(sources["bert_block"], tmp_path / "f32.tflite", "fp32")
+    i8 = exp.export(sources["bert_block"], tmp_path / "i8.tflite", "int8", calibration=cal)
+    assert i8.stat().st_size < 0.5 * f32.stat().st_size  # int8 weights: well under half of fp32
+    from edgekit.runtimes.litert import interpreter_class
+
+    interp = interpreter_class()(model_path=str(i8))
+    types = {np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    assert np.dtype(np.int8) in types, types  # int8 activations inside, float32 at the edges
+
+
+def test_unsupported_op_names_the_node(tool_env, tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("FancyOp", ["x"], ["y"], name="my_fancy_node", domain="com.example")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    m.ir_version = 8
+    src = models.save(m, tmp_path / "fancy.onnx")
+    with pytest.raises(UnsupportedOpError, match=r"my_fancy_node.*FancyOp"):
+        get_exporter("tflite").export(src, tmp_path / "fancy.tflite", "fp32")
+    assert not (tmp_path / "fancy.tflite").exists()  # no half-written output
+
+
+def test_bad_inputs_are_typed_errors(tmp_path, sources):
+    exp = get_exporter("tflite")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ConversionError, match="junk.onnx"):
+        exp.export(junk, tmp_path / "j.tflite", "fp32")
+    with pytest.raises(InputError, match="does not exist"):
+        exp.export(tmp_path / "missing.onnx", tmp_path / "m.tflite", "fp32")
+    with pytest.raises(InputError, match="calibration"):
+        exp.export(sources["cnn"], tmp_path / "c.tflite", "int8")
+    with pytest.raises(InputError, match="fp32, fp16, int8-dynamic, int8"):
+        exp.export(sources["cnn"], tmp_path / "c.tflite", "int4")
+    with pytest.raises(InputError, match="unknown option"):
+        exp.export(sources["cnn"], tmp_path / "c.tflite", "fp32", bogus=1)
+
+
+@pytest.mark.slow
+def test_existing_output_needs_force(tool_env, sources, tmp_path):
+    out = tmp_path / "mlp.tflite"
+    out.write_bytes(b"keep me")
+    exp = get_exporter("tflite")
+    with pytest.raises(OutputExistsError):
+        exp.export(sources["mlp"], out, "fp32")
+    assert out.read_bytes() == b"keep me"
+    exp.export(sources["mlp"], out, "fp32", force=True)
+    assert edgekit.load(out).inputs[0].name == "x"
+
+
+def test_gelu_fusion_matches_erf_graph(tmp_path, sources):
+    """The opset-20 Gelu rewrite (avoids FlexErf) computes the same function as the erf chain."""
+    from edgekit.converters.export_tflite import prepare_onnx
+
+    dst = tmp_path / "fused.onnx"
+    facts = prepare_onnx(sources["bert_block"], dst)
+    assert facts["gelu_fused"] == 1 and not facts["erf_left"]
+    feeds = _inputs("bert_block", 1, seed=3)
+    a = models.ort_reference(sources["bert_block"], feeds)["hidden"]
+    b = models.ort_reference(dst, feeds)["hidden"]
+    assert np.abs(a - b).max() <= 1e-5  # exact GELU both ways; only float rounding differs
+
+
+def test_unbuildable_tool_env_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_TOOLS_DIR", str(tmp_path / "tools"))
+    missing = tmp_path / "edgekit_missing-0.0.0-py3-none-any.whl"  # a local path: no network needed
+    env = toolenv.ToolEnv(name="broken", version="0", requirements=(str(missing),))
+    with pytest.raises(toolenv.ToolEnvError) as info:
+        toolenv.ensure(env)
+    msg = str(info.value)
+    assert "could not create the broken tool environment" in msg and str(env.path) in msg
+    assert "edgekit_missing" in msg and "log" in msg
+    assert not env.path.exists() and not env.is_ready()  # no half-built environment is left to be reused
+
+
+def test_tool_env_is_cached(tool_env):
+    assert toolenv.ONNX2TF.is_ready()
+    assert toolenv.ensure(toolenv.ONNX2TF) == tool_env  # second call: no rebuild
+    assert tool_env.parent.parent.name.startswith("onnx2tf-1.29.24-py")
+    assert toolenv.ONNX2TF.path.parent == toolenv.tools_dir()
