@@ -129,15 +129,15 @@ class BudgetedSession:
             raise InputError(f"profile must be 'cache', 'measure' or a dict of figures, got {profile!r}")
         feeds = random_feeds(self.inputs, seed=0)
 
-        def measure_one(vid: str) -> dict:
-            sess = self._session(vid)
-            return measure(lambda: sess.run(feeds))
+        def measure_ids(vids: list[str]) -> dict[str, dict]:
+            sessions = {v: self._session(v) for v in vids}
+            return measure({v: (lambda s=s: s.run(feeds)) for v, s in sessions.items()})
 
         if profile == "measure":
-            return {v: measure_one(v) for v in ids}
+            return measure_ids(ids)
         opts = {"backend": self._backend_choice, **self._options}
         self.profile_cache = ProfileCache(self.bundle, opts, root=cache_dir)
-        return self.profile_cache.get(ids, measure_one)
+        return self.profile_cache.get(ids, measure_ids)
 
     # -- running ----------------------------------------------------------------------------------
     @property

@@ -7,8 +7,8 @@ not all slow down alike (a big matmul suffers more from a lost core than a small
 learns a *correction* from its trial runs and probes: how far its latency strays from the uniform scaling.
 
 Prediction of a variant's tail latency: for the variant in use, the ``quantile`` of its samples since it was
-chosen (once there are ``min_samples``; before that, the larger of its scaled profile and its worst sample
-so far); for any other, its profiled tail x load factor x correction.
+chosen (once there are ``min_samples``; before that, the larger of its scaled profile and the median of
+its samples so far); for any other, its profiled tail x load factor x correction.
 
 Choice: the most accurate variant whose predicted tail fits the budget. Moving *down* (to a faster variant)
 is immediate once the current one is predicted to miss, or after two misses in a row. Moving *up* needs a
@@ -119,7 +119,7 @@ class LatencyModel:
             own = self.windows[vid].fresh(self.calls, self.calls - self._switched_at)
             if len(own) >= self.min_samples:
                 return float(np.quantile(own, self.quantile))
-            return max([self._scaled(vid), *own])
+            return max(self._scaled(vid), float(np.median(own))) if own else self._scaled(vid)
         return self._scaled(vid)
 
     def predictions(self) -> dict[str, float]:

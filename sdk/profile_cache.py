@@ -73,27 +73,37 @@ def bundle_hash(bundle) -> str:
     return hashlib.sha256((Path(bundle.path) / "manifest.json").read_bytes()).hexdigest()
 
 
-def measure(run: Callable[[], object], warmup: int = 3, min_runs: int = 5, max_runs: int = 30,
-            max_seconds: float = 1.0) -> dict:
-    """Warm up, then time ``run()`` until ``max_runs`` or ``max_seconds`` (at least ``min_runs``)."""
-    for _ in range(warmup):
-        run()
-    lat: list[float] = []
+def measure(runs: Mapping[str, Callable[[], object]], warmup: int = 3, min_runs: int = 10, max_runs: int = 200,
+            max_seconds: float = 2.0) -> dict[str, dict]:
+    """Warm up each callable, then time them round-robin (so passing noise hits all alike).
+
+    Stops after ``max_runs`` rounds or ``max_seconds`` in all, with at least ``min_runs`` rounds.
+    Returns per key the percentiles of :func:`edgekit.bench.percentiles` and ``runs``.
+    """
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    lat: dict[str, list[float]] = {k: [] for k in runs}
     t_end = time.perf_counter() + max_seconds
-    while len(lat) < max_runs and (len(lat) < min_runs or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        run()
-        lat.append((time.perf_counter() - t0) * 1e3)
-    stats = percentiles(np.asarray(lat))
-    stats["runs"] = len(lat)
-    return stats
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() < t_end):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            lat[k].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for k, v in lat.items():
+        out[k] = percentiles(np.asarray(v))
+        out[k]["runs"] = len(v)
+    return out
 
 
 class ProfileCache:
     """Load or measure the profile of ``bundle``'s variants on this device.
 
-    ``get(variant_ids, measure_one)`` returns ``{id: stats}``; variants missing from the cached profile
-    are measured with ``measure_one(id)`` and the file is rewritten atomically.
+    ``get(variant_ids, measure_ids)`` returns ``{id: stats}``; variants missing from the cached profile are
+    measured together with ``measure_ids(ids) -> {id: stats}`` and the file is rewritten atomically.
     """
 
     def __init__(self, bundle, options: Mapping[str, Any] | None = None, root: str | Path | None = None):
@@ -116,12 +126,11 @@ class ProfileCache:
             return {}
         return dict(data.get("variants") or {})
 
-    def get(self, variant_ids: list[str], measure_one: Callable[[str], dict]) -> dict[str, dict]:
+    def get(self, variant_ids: list[str], measure_ids: Callable[[list[str]], dict]) -> dict[str, dict]:
         cached = self.load()
         self.measured = [v for v in variant_ids if v not in cached]
-        for vid in self.measured:
-            cached[vid] = measure_one(vid)
         if self.measured:
+            cached.update(measure_ids(self.measured))
             self.save(cached)
         return {v: cached[v] for v in variant_ids}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgekit.loader import load
@@ -41,17 +43,22 @@ def run(args) -> int:
         options["threads"] = args.threads
     if args.variant:
         options["variant"] = args.variant
+    budget = None
     if args.budget_ms is not None:
-        options["budget_ms"] = args.budget_ms
-    if args.output:
-        from pathlib import Path
+        from edgekit.budget import check_budget
+        from edgekit.formats import detect_format
 
+        budget = check_budget(args.budget_ms, "--budget-ms")
+        if detect_format(Path(args.model)) == "bundle":
+            options["budget_ms"] = budget
+            budget = None  # the budgeted session applies it to every call
+    if args.output:
         from edgekit._fs import check_writable
 
         check_writable(Path(args.output), args.force)
     sess = load(args.model, backend=args.backend, **options)
     feeds = parse_inputs(args.input) or random_feeds(sess.inputs, seed=args.seed)
-    outs = sess.run(feeds)
+    outs = sess.run(feeds) if budget is None else sess.run(feeds, budget_ms=budget)
     rows = [summarize(k, v) for k, v in outs.items()]
     report = {"model": args.model, "backend": sess.backend, "variant": getattr(sess, "variant", None),
               "outputs": rows}

@@ -79,8 +79,8 @@ def test_a_changed_device_fingerprint_invalidates(bundle, tmp_path):
     pc.path.write_text("{not json")  # a corrupt cache file is re-measured, never an error
     assert pc.load() == {}
     calls = []
-    got = pc.get(["fp32"], lambda v: calls.append(v) or {"p50_ms": 2.0})
-    assert calls == ["fp32"] and got == {"fp32": {"p50_ms": 2.0}}
+    got = pc.get(["fp32"], lambda vids: calls.append(vids) or {v: {"p50_ms": 2.0} for v in vids})
+    assert calls == [["fp32"]] and got == {"fp32": {"p50_ms": 2.0}}
 
 
 def test_explicit_profile_skips_measuring(bundle, tmp_path, monkeypatch):
