@@ -15,7 +15,7 @@ from .base import Backend, Runner
 __all__ = ["Backend", "Runner", "register", "get", "all_backends", "for_format"]
 
 #: backend modules, in order of preference for a format they share
-_MODULES = ("ort", "litert", "coreml", "tvm")
+_MODULES = ("ort", "litert", "coreml", "tvm", "composite")
 
 _REGISTRY: dict[str, Backend] = {}
 _loaded = False

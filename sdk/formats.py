@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-FORMATS = ("onnx", "tflite", "coreml", "tvm", "bundle")
+FORMATS = ("onnx", "tflite", "coreml", "tvm", "bundle", "composite")
 
 
 def tvm_sidecar(path: Path) -> Path:
@@ -23,6 +23,8 @@ def detect_format(path: str | Path) -> str:
     if p.is_dir():
         if (p / "manifest.json").is_file():
             return "bundle"
+        if (p / "plan.json").is_file():
+            return "composite"
         if p.suffix == ".mlpackage" or (p / "Manifest.json").is_file():
             return "coreml"
         raise ModelLoadError(f"{p}: a directory that is neither an edgekit bundle nor an .mlpackage")
@@ -38,6 +40,8 @@ def detect_format(path: str | Path) -> str:
             raise ModelLoadError(f"{p}: not a readable JSON file ({exc})") from None
         if isinstance(meta, dict) and meta.get("format") == "edgekit-tvm":
             return "tvm"
+        if isinstance(meta, dict) and meta.get("format") == "edgekit-composite":
+            return "composite"
         raise ModelLoadError(f"{p}: a JSON file that is not an edgekit TVM module signature")
     with open(p, "rb") as f:
         head = f.read(8)

@@ -1,0 +1,247 @@
+"""Build a composite: runtime segments in the target's format plus TVM kernels for the ops it lacks.
+
+``build_composite(onnx_path, out_dir, target_format, fallback_ops, boards)`` partitions the model by the
+target's op table (``op_support``), exports each supported segment with the target's exporter (ONNX
+segments are written directly), compiles each fallback segment with TVM for every board (``"host"`` is this
+CPU; aarch64 boards are cross-compiled; Core ML composites also get ``arm64-apple-macos`` objects), checks the
+composite against ONNX Runtime on the whole model when the host can run it, and writes ``plan.json``:
+
+    {"format": "edgekit-composite", "version": 1, "target_format": "tflite", "boards": [...],
+     "inputs": [spec...], "outputs": [spec...],
+     "steps": [{"name": "step0", "kind": "runtime"|"tvm", "format": "tflite"|"onnx"|"coreml"|"tvm",
+                "artifacts": {"any": "step0.tflite"} | {"host": "step1.host.json", "rpi4": ...},
+                "inputs": [spec...], "outputs": [spec...], "ops": {...}, "reasons": {...}}],
+     "tensors": [{"name", "shape", "dtype", "from": "step0", "to": ["step1"]}], "validation": {...}}
+
+Shapes are made static first (dynamic input dims from ``input_shapes`` or 1): TVM kernels are static.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._fs import atomic_dir
+from edgekit.errors import ConversionError, InputError, ValidationError
+from edgekit.specs import TensorSpec
+
+from .partition import FALLBACK, Partition, extract_segment, partition_for_target
+
+PLAN_FORMAT = "edgekit-composite"
+PLAN_NAME = "plan.json"
+#: op-support table used for each export format
+TABLE_OF_FORMAT = {"tflite": "tflite", "coreml": "coreml", "onnx": "onnxruntime",
+                   "onnx-reduced": "onnxruntime-reduced"}
+#: the board Core ML composites always carry kernels for (a Mac runs them beside the Core ML model)
+APPLE_BOARD = "apple-m1"
+#: composite check tolerance (fp32 runtime segments); looser for reduced precision
+TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 5e-2)}
+
+
+def _static_model(model: Any, input_shapes: dict | None) -> Any:
+    """A copy of ``model`` with every dynamic input dim fixed, shapes inferred through the graph."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = {t.name for t in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in init:
+            continue
+        given = (input_shapes or {}).get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if given is not None and len(given) != len(dims):
+            raise InputError(f"input_shapes[{vi.name!r}] has rank {len(given)}, the model's input has rank {len(dims)}")
+        for k, d in enumerate(dims):
+            if given is not None:
+                d.ClearField("dim_param")
+                d.dim_value = int(given[k])
+            elif not d.HasField("dim_value"):
+                d.ClearField("dim_param")
+                d.dim_value = 1
+    del m.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ConversionError(f"shape inference failed on the model: {str(exc).splitlines()[0]}") from None
+
+
+def _spec(vi) -> TensorSpec:
+    from onnx import helper
+
+    tt = vi.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return TensorSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        return None
+
+
+def _export_runtime(seg_path: Path, out_stem: Path, fmt: str, precision: str, calibration: dict | None) -> Path:
+    if fmt == "onnx" and precision == "fp32":
+        target = out_stem.with_suffix(".onnx")
+        target.write_bytes(seg_path.read_bytes())
+        return target
+    from . import get_exporter
+
+    exporter = get_exporter(fmt)
+    why = exporter.unavailable_reason()
+    if why:
+        raise ConversionError(f"cannot export {fmt} segments here: {why}")
+    return Path(exporter.export(seg_path, out_stem.with_suffix(exporter.suffix), precision, calibration))
+
+
+def plan_partition(model: Any, target_format: str, fallback_ops: Iterable[str] = ()) -> Partition:
+    """The partition ``build_composite`` would use (handy to inspect before building)."""
+    table = TABLE_OF_FORMAT.get(target_format)
+    if table is None:
+        raise InputError(f"unknown composite target format {target_format!r}; expected one of "
+                         f"{', '.join(TABLE_OF_FORMAT)}")
+    return partition_for_target(model, table, fallback_ops)
+
+
+def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: str,
+                    fallback_ops: Sequence[str] = (), boards: Sequence[str] = ("host",), precision: str = "fp32",
+                    *, input_shapes: dict | None = None, calibration: dict | None = None, force: bool = False,
+                    validate: bool = True) -> Path:
+    """Write a composite folder (``plan.json`` + artifacts) to ``out_dir`` and return the plan path.
+
+    ``target_format``: "tflite", "coreml", "onnx" or "onnx-reduced". ``fallback_ops``: op types forced onto
+    TVM. ``boards``: "host" and/or board profile names (cross compilers must be installed). ``precision``
+    applies to runtime segments; TVM kernels are fp32. The composite is validated against ONNX Runtime on
+    the whole model when the host board is built and its runtime is usable here (``validate``).
+    """
+    import onnx
+
+    from .tvm_compile import board_target, check_cross_compiler, compile_for_board
+
+    src = Path(onnx_path)
+    if not src.is_file():
+        raise InputError(f"{src}: no such ONNX file")
+    boards = list(dict.fromkeys(boards or ("host",)))
+    if target_format == "coreml" and APPLE_BOARD not in boards:
+        boards.append(APPLE_BOARD)
+    # check every board (and its cross compiler) before any slow work
+    board_targets = {b: board_target(b) for b in boards}
+    for bt in board_targets.values():
+        if not bt.is_apple:
+            check_cross_compiler(bt.cc, bt.board)
+    model = _static_model(onnx.load(str(src)), input_shapes)
+    part = plan_partition(model, target_format, fallback_ops)
+    out = Path(out_dir)
+    step_fmt = "onnx" if target_format == "onnx-reduced" else target_format
+    steps: list[dict] = []
+    specs: dict[str, TensorSpec] = {}
+    total = sum(len(boards) if s.kind == FALLBACK else 1 for s in part.segments)
+    bar = _progress(total, f"composite {target_format}")
+    with atomic_dir(out, force=force) as tmp:
+        seg_dir = tmp / "segments"
+        seg_dir.mkdir()
+        for seg in part.segments:
+            name = f"step{seg.index}"
+            sub = extract_segment(model, seg, name)
+            ins = [_spec(v) for v in sub.graph.input]
+            outs = [_spec(v) for v in sub.graph.output]
+            for s in (*ins, *outs):
+                specs.setdefault(s.name, s)
+            seg_path = seg_dir / f"{name}.onnx"
+            onnx.save(sub, str(seg_path))
+            step: dict[str, Any] = {"name": name, "ops": seg.op_counts(model),
+                                    "inputs": [s.to_json() for s in ins], "outputs": [s.to_json() for s in outs]}
+            if seg.kind == FALLBACK:
+                step.update(kind="tvm", format="tvm", reasons=seg.reasons, artifacts={})
+                for board in boards:
+                    if bar is not None:
+                        bar.set_postfix_str(f"{name} TVM {board}")
+                    lib = compile_for_board(sub, tmp / f"{name}.{board}", board)
+                    step["artifacts"][board] = lib.with_suffix(".json").name
+                    if bar is not None:
+                        bar.update()
+            else:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} {step_fmt}")
+                art = _export_runtime(seg_path, tmp / name, step_fmt, precision, calibration)
+                step.update(kind="runtime", format=step_fmt, artifacts={"any": art.name})
+                if bar is not None:
+                    bar.update()
+            steps.append(step)
+        if bar is not None:
+            bar.close()
+        plan = {
+            "format": PLAN_FORMAT, "version": 1, "source": src.name, "target_format": target_format,
+            "precision": precision, "boards": boards, "fallback_ops": sorted(set(fallback_ops)),
+            "targets": {b: bt.target for b, bt in board_targets.items()},
+            "inputs": [_spec(v).to_json() for v in model.graph.input
+                       if v.name not in {t.name for t in model.graph.initializer}],
+            "outputs": [_spec(v).to_json() for v in model.graph.output],
+            "steps": steps, "tensors": _handoffs(part, specs), "validation": None,
+        }
+        (tmp / PLAN_NAME).write_text(json.dumps(plan, indent=2))
+        if validate and "host" in boards:
+            plan["validation"] = _validate(tmp / PLAN_NAME, model, precision)
+            (tmp / PLAN_NAME).write_text(json.dumps(plan, indent=2))
+    return out / PLAN_NAME
+
+
+def _handoffs(part: Partition, specs: dict[str, TensorSpec]) -> list[dict]:
+    """The tensors one step produces for later steps (graph inputs are not hand-offs)."""
+    rows = []
+    for seg in part.segments:
+        for t in seg.outputs:
+            users = [f"step{s.index}" for s in part.segments if t in s.inputs]
+            if not users:
+                continue
+            row = specs[t].to_json()
+            row.update({"from": f"step{seg.index}", "to": users})
+            rows.append(row)
+    return rows
+
+
+def _validate(plan_path: Path, model: Any, precision: str) -> dict:
+    """Run the composite on the host and ONNX Runtime on the whole model; raise ValidationError on mismatch."""
+    import onnxruntime as ort
+
+    from edgekit import runtimes
+    from edgekit.specs import random_feeds
+
+    plan = json.loads(plan_path.read_text())
+    for fmt in {s["format"] for s in plan["steps"] if s["kind"] == "runtime"}:
+        try:
+            runtimes.for_format(fmt)
+        except Exception as exc:
+            return {"checked": False, "reason": f"{fmt} cannot run here: {exc}"}
+    from edgekit.runtimes.composite import CompositeBackend
+
+    runner = CompositeBackend().open(plan_path, board="host")
+    try:
+        feeds = random_feeds(runner.inputs, seed=0)
+        got = runner.run(feeds, None)
+    finally:
+        runner.close()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    ref = dict(zip(names, sess.run(names, feeds)))
+    atol, rtol = TOLERANCE.get(precision, (0.1, 0.1))
+    worst = {}
+    for k, r in ref.items():
+        g = got[k]
+        if g.shape != r.shape:
+            raise ValidationError(f"composite output {k!r} has shape {g.shape}, ONNX Runtime gives {r.shape}")
+        err = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) if r.size else 0.0
+        worst[k] = err
+        if not np.allclose(g, r, atol=atol, rtol=rtol):
+            raise ValidationError(f"composite output {k!r} differs from ONNX Runtime on the whole model: max abs "
+                                  f"error {err:.3g} (tolerance atol={atol}, rtol={rtol})")
+    return {"checked": True, "reference": "onnxruntime (whole model)", "max_abs_error": worst,
+            "atol": atol, "rtol": rtol}

@@ -1,0 +1,167 @@
+"""Composite backend: runs an ``edgekit-composite`` plan (runtime segments + TVM kernels) as one model.
+
+Each runtime step opens its artifact with edgekit's own backend for that format (ONNX Runtime, LiteRT,
+Core ML); each TVM step opens the library built for the chosen board through the TVM backend (runtime-only
+TVM). Tensors pass between steps as the numpy arrays the backends return: no copies on the edgekit side,
+and TVM steps view aligned arrays in place (DLPack) in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import InputError, ModelLoadError
+from edgekit.specs import TensorSpec
+
+from . import register
+from .base import Backend, Runner
+
+PLAN_FORMAT = "edgekit-composite"
+PLAN_NAME = "plan.json"
+
+
+def read_plan(path: Path) -> tuple[dict, Path]:
+    """(plan dict, plan file) for a plan file or a folder holding ``plan.json``."""
+    p = Path(path)
+    plan_path = p / PLAN_NAME if p.is_dir() else p
+    if not plan_path.is_file():
+        raise ModelLoadError(f"{p}: no {PLAN_NAME} composite plan")
+    try:
+        plan = json.loads(plan_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{plan_path}: invalid JSON ({exc})") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise ModelLoadError(f"{plan_path}: not an edgekit composite plan (format={plan.get('format')!r})")
+    if not plan.get("steps"):
+        raise ModelLoadError(f"{plan_path}: the plan has no steps")
+    return plan, plan_path
+
+
+def _host_board(plan: dict) -> str:
+    """The board whose kernels run here: "host" when built, else the detected board's profile."""
+    boards = plan.get("boards", [])
+    if "host" in boards:
+        return "host"
+    try:
+        from edgekit.boards import detect
+
+        found = detect()
+        name = getattr(found, "name", found)
+        if name in boards:
+            return name
+    except Exception:  # noqa: BLE001 - detection is best effort
+        pass
+    raise ModelLoadError(f"the composite has TVM kernels for {', '.join(boards)}, none for this machine; "
+                         "open it with board=NAME or rebuild it with --board host")
+
+
+class _Step:
+    def __init__(self, name: str, runner: Runner, in_names: list[str], out_names: list[str]):
+        self.name = name
+        self.runner = runner
+        # plan tensor name -> the artifact's own name (converters may rename tensors: bind by position then)
+        rin = [s.name for s in runner.inputs]
+        rout = [s.name for s in runner.outputs]
+        if len(rin) != len(in_names) or len(rout) != len(out_names):
+            raise ModelLoadError(f"composite step {name}: artifact has {len(rin)} inputs / {len(rout)} outputs, "
+                                 f"the plan says {len(in_names)} / {len(out_names)}")
+        self.in_map = {n: n for n in in_names} if set(rin) == set(in_names) else dict(zip(in_names, rin))
+        self.out_map = {n: n for n in out_names} if set(rout) == set(out_names) else dict(zip(rout, out_names))
+
+    def run(self, env: dict[str, np.ndarray]) -> None:
+        feeds = {inner: env[outer] for outer, inner in self.in_map.items()}
+        res = self.runner.run(feeds, None)
+        for inner, outer in self.out_map.items():
+            env[outer] = res[inner]
+
+
+class CompositeRunner(Runner):
+    backend = "composite"
+
+    def __init__(self, plan: dict, plan_path: Path, board: str | None, threads: int | None):
+        from . import for_format, get
+
+        self.plan = plan
+        self.board = board or _host_board(plan)
+        if self.board not in plan.get("boards", []):
+            raise InputError(f"board {self.board!r} has no kernels in this composite; it has: "
+                             f"{', '.join(plan.get('boards', []))}")
+        self.inputs = [TensorSpec.from_json(s) for s in plan["inputs"]]
+        self.outputs = [TensorSpec.from_json(s) for s in plan["outputs"]]
+        folder = plan_path.parent
+        self._steps: list[_Step] = []
+        backends = set()
+        try:
+            for step in plan["steps"]:
+                arts = step.get("artifacts", {})
+                if step["kind"] == "tvm":
+                    if self.board not in arts:
+                        raise ModelLoadError(f"step {step['name']}: no TVM kernel for board {self.board!r}")
+                    backend, rel = get("tvm"), arts[self.board]
+                else:
+                    backend, rel = for_format(step["format"]), arts.get("any")
+                art = (folder / str(rel)).resolve()
+                if folder.resolve() not in art.parents:
+                    raise ModelLoadError(f"step {step['name']}: artifact path {rel!r} leaves the composite folder")
+                opts = {"threads": threads} if threads else {}
+                runner = backend.open(art, **opts)
+                backends.add(runner.backend)
+                self._steps.append(_Step(step["name"], runner, [s["name"] for s in step["inputs"]],
+                                         [s["name"] for s in step["outputs"]]))
+        except BaseException:
+            self.close()
+            raise
+        self.backends = sorted(backends)
+        # when each hand-off tensor is last needed, so it can be dropped early
+        self._last_use: dict[str, int] = {}
+        for i, step in enumerate(plan["steps"]):
+            for s in step["inputs"]:
+                self._last_use[s["name"]] = i
+
+    def run(self, feeds, output_names):
+        wanted = list(output_names) if output_names else [s.name for s in self.outputs]
+        keep = set(wanted)
+        env: dict[str, Any] = dict(feeds)
+        for i, step in enumerate(self._steps):
+            step.run(env)
+            for name in [n for n, last in self._last_use.items() if last == i and n not in keep]:
+                env.pop(name, None)
+        return {n: env[n] for n in wanted}
+
+    def close(self) -> None:
+        for step in getattr(self, "_steps", []):
+            step.runner.close()
+
+
+@register
+class CompositeBackend(Backend):
+    name = "composite"
+    formats = ("composite",)
+    extra = ""
+    description = "edgekit composite plan: runtime segments plus TVM kernels for the ops the runtime lacks"
+
+    def _probe(self) -> str | None:
+        return None  # each step's backend reports its own absence when the plan is opened
+
+    def open(self, path: Path, board: str | None = None, threads: int | None = None, **options: Any) -> Runner:
+        if options:
+            raise InputError(f"unknown option(s) for composite: {', '.join(sorted(options))}")
+        plan, plan_path = read_plan(Path(path))
+        return CompositeRunner(plan, plan_path, board, threads)
+
+    def inspect(self, path: Path) -> dict:
+        plan, _ = read_plan(Path(path))
+        ops: dict[str, int] = {}
+        for step in plan["steps"]:
+            for k, v in step.get("ops", {}).items():
+                ops[k] = ops.get(k, 0) + v
+        return {
+            "target_format": plan.get("target_format"), "boards": plan.get("boards"), "ops": ops,
+            "steps": [{"name": s["name"], "kind": s["kind"], "format": s["format"], "ops": s.get("ops", {})}
+                      for s in plan["steps"]],
+            "handoffs": len(plan.get("tensors", [])), "validation": plan.get("validation"),
+        }
