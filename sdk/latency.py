@@ -13,7 +13,7 @@ its samples so far); for any other, its profiled tail x load factor x correction
 Choice: the most accurate variant whose predicted tail fits the budget. Moving *down* (to a faster variant)
 is immediate once the current one is predicted to miss, or after two misses in a row. Moving *up* needs a
 margin (the better variant must be predicted to fit ``budget * (1 - margin)``) and a minimum dwell on the
-current variant; an upgrade that fails soon after doubles the dwell (up to 16x), so the choice does not flap.
+current variant; an upgrade that fails soon after doubles the dwell (up to 8x), so the choice does not flap.
 Every ``probe_every`` calls one other variant predicted to fit (with the margin) is run once, so its
 correction stays current.
 """
@@ -149,7 +149,7 @@ class LatencyModel:
                 upgrade = self.order.index(target) < cur_rank
                 if not upgrade and self._last_upgrade_call is not None and \
                         self.calls - self._last_upgrade_call <= 2 * self.dwell:
-                    self.dwell = min(self.dwell * 2, self.base_dwell * 16)  # failed upgrade: back off
+                    self.dwell = min(self.dwell * 2, self.base_dwell * 8)  # failed upgrade: back off
                 self._last_upgrade_call = self.calls if upgrade else None
             self.current = target
             self._switched_at = self.calls
