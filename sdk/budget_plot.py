@@ -14,8 +14,11 @@ from ._fs import atomic_file
 
 def plot_latency(out: str | Path, times_s: Sequence[float], latencies_ms: Sequence[float],
                  variants: Sequence[str], budget_ms: float | None = None, title: str = "",
-                 force: bool = False) -> Path:
-    """Write a PNG: one dot per call coloured by variant, the budget as a red line, switches as grey lines."""
+                 force: bool = False, probes: Sequence[bool] | None = None) -> Path:
+    """Write a PNG: one dot per call coloured by variant, the budget as a red line, switches as grey lines.
+
+    ``probes`` marks calls that only probed another variant: drawn as rings, and not counted as switches.
+    """
     require("matplotlib", "plot")
     import matplotlib
 
@@ -26,11 +29,18 @@ def plot_latency(out: str | Path, times_s: Sequence[float], latencies_ms: Sequen
     order = list(dict.fromkeys(variants))
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     try:
+        probes = list(probes) if probes is not None else [False] * len(variants)
         for i, v in enumerate(order):
-            xs = [t for t, w in zip(times_s, variants) if w == v]
-            ys = [y for y, w in zip(latencies_ms, variants) if w == v]
-            ax.scatter(xs, ys, s=6, color=f"C{i}", label=f"{v} ({len(xs)} calls)", zorder=3)
-        switches = [times_s[i] for i in range(1, len(variants)) if variants[i] != variants[i - 1]]
+            pts = [(t, y, p) for t, y, w, p in zip(times_s, latencies_ms, variants, probes) if w == v]
+            chosen = [(t, y) for t, y, p in pts if not p]
+            probed = [(t, y) for t, y, p in pts if p]
+            if chosen:
+                ax.scatter(*zip(*chosen), s=6, color=f"C{i}", label=f"{v} ({len(chosen)} calls)", zorder=3)
+            if probed:
+                ax.scatter(*zip(*probed), s=22, facecolors="none", edgecolors=f"C{i}", zorder=3,
+                           label=f"{v} probes ({len(probed)})")
+        main = [(t, w) for t, w, p in zip(times_s, variants, probes) if not p]
+        switches = [main[i][0] for i in range(1, len(main)) if main[i][1] != main[i - 1][1]]
         for k, t in enumerate(switches):
             ax.axvline(t, color="0.75", lw=0.6, zorder=1, label="variant switch" if k == 0 else None)
         if budget_ms is not None:

@@ -85,8 +85,8 @@ def _budget_report(sess, lat: list[float], budget: float, warmup: int) -> dict:
         recs = list(history)[warmup:]
         variants = [r[1] for r in recs]
         lat = [r[2] for r in recs]
-        extra = {"switches": sum(a != b for a, b in zip(variants, variants[1:])),
-                 "probes": sum(r[4] for r in recs)}
+        chosen = [r[1] for r in recs if not r[4]]
+        extra = {"switches": sum(a != b for a, b in zip(chosen, chosen[1:])), "probes": sum(r[4] for r in recs)}
     else:
         variants = [getattr(sess, "variant", None) or "model"] * len(lat)
         extra = {"switches": 0, "probes": 0}
@@ -108,10 +108,12 @@ def _plot(args, sess, lat: list[float], budget: float | None) -> None:
     if history is not None:
         recs = list(history)[args.warmup:]
         times, lat, variants = [r[0] - recs[0][0] for r in recs], [r[2] for r in recs], [r[1] for r in recs]
+        probes = [r[4] for r in recs]
     else:
         import itertools
 
         times = [t / 1e3 for t in itertools.accumulate(lat)]  # back-to-back runs: time = sum of latencies
         variants = [getattr(sess, "variant", None) or Path(args.model).name] * len(lat)
+        probes = None
     plot_latency(args.plot, times, lat, variants, budget, title=f"edgekit bench {Path(args.model).name}",
-                 force=args.force)
+                 force=args.force, probes=probes)
