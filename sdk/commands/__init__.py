@@ -8,4 +8,5 @@ COMMANDS = (
     "convert",
     "boards",
     "doctor",
+    "plan",
 )
