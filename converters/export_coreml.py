@@ -68,6 +68,26 @@ def _compress(mlmodel, precision: str, palettize: int | None, granularity: str, 
     return mlmodel
 
 
+def _output_shapes(mlmodel, shapes: dict[str, tuple]):
+    """Record output shapes in the spec (ct.convert leaves them empty when a dim is dynamic)."""
+    import coremltools as ct
+
+    spec = mlmodel.get_spec()
+    changed = False
+    for o in spec.description.output:
+        arr = o.type.multiArrayType
+        dims = shapes.get(o.name)
+        if dims is None or len(arr.shape) or o.type.WhichOneof("Type") != "multiArrayType":
+            continue
+        arr.shape.extend([d if isinstance(d, int) else 1 for d in dims])
+        if any(not isinstance(d, int) for d in dims):
+            for d in dims:
+                r = arr.shapeRange.sizeRanges.add()
+                r.lowerBound, r.upperBound = (d, d) if isinstance(d, int) else (1, -1)
+        changed = True
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir) if changed else mlmodel
+
+
 def _save(mlmodel, out_path: Path, meta: dict, force: bool) -> Path:
     mlmodel.user_defined_metadata[META_KEY] = json.dumps(meta, sort_keys=True)
     mlmodel.short_description = f"edgekit Core ML export ({meta.get('precision')})"
@@ -136,7 +156,10 @@ class CoreMLExporter:
         if out_path.suffix != self.suffix:
             raise InputError(f"Core ML output must end in {self.suffix}, got {out_path}")
         tr = onnx_to_mil.translate(onnx_path, input_shapes=options.get("input_shapes"))
+        shapes = {v.name: tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in v.shape)
+                  for v in tr.program.functions["main"].outputs}
         mlmodel = _convert_program(tr.program, precision, options.get("deployment_target", "iOS16"))
+        mlmodel = _output_shapes(mlmodel, shapes)
         mlmodel = _compress(mlmodel, precision, options.get("palettize"), options.get("granularity", "per_channel"),
                             int(options.get("weight_threshold", WEIGHT_THRESHOLD)))
         meta = {"inputs": tr.input_names, "outputs": tr.output_names, "narrowed_inputs": tr.narrowed_inputs,
