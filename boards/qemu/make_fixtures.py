@@ -1,0 +1,134 @@
+"""Build, on the host, the models, bundles, frames and reference outputs the aarch64 tests check against.
+
+    python boards/qemu/make_fixtures.py OUT_DIR [--force]
+
+OUT_DIR gets: ``cnn.onnx`` and ``mlp.onnx`` (from tests/models.py), ``cnn.tflite`` (litert-torch, when
+installed), ``cnn.bundle`` (an edgekit bundle with the ONNX and TFLite variants), ``frames/`` (images),
+``inputs.npz`` and ``ref_*.npz`` (the host's outputs: plain onnxruntime, LiteRT), ``ref_piapp.jsonl`` (the Pi
+app's results on the host) and ``fixtures.json`` (what was built, and why something was not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def make_frames(folder: Path, n: int = 4, size: tuple[int, int] = (40, 30), seed: int = 1) -> Path:
+    """``n`` RGB images (gradients + noise) of a size other than the model's, so resizing is exercised."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 60.0 * i)], -1)
+        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"frame{i:03d}.png")
+    return folder
+
+
+def make_tflite(out: Path) -> str | None:
+    """A small CNN converted by litert-torch (input image[1,3,16,16]); returns why not, or None when built."""
+    try:
+        import litert_torch
+        import torch
+    except ImportError as exc:
+        return f"litert-torch or torch not installed on the host ({exc})"
+
+    class CNN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, image):
+            x = torch.relu(self.conv(image)).mean(dim=(2, 3))
+            return torch.softmax(self.fc(x), dim=-1)
+
+    try:
+        litert_torch.convert(CNN().eval(), (torch.zeros(1, 3, 16, 16),)).export(str(out))
+    except Exception as exc:  # a converter failure is reported in fixtures.json, the ONNX cases still run
+        return f"litert-torch conversion failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+def build(out: Path) -> dict:
+    import edgekit
+    from edgekit.apps import piapp
+    from edgekit.bundle_writer import BundleWriter
+
+    import models
+
+    rng = np.random.default_rng(0)
+    info: dict = {"built": [], "skipped": {}}
+    cnn = models.save(models.cnn(), out / "cnn.onnx")
+    mlp = models.save(models.mlp(), out / "mlp.onnx")
+    inputs = {"image": rng.random((1, 3, 16, 16), dtype=np.float32),
+              "x": rng.standard_normal((3, 16)).astype(np.float32)}
+    np.savez(out / "inputs.npz", **inputs)
+    np.savez(out / "ref_onnx.npz", **models.ort_reference(cnn, {"image": inputs["image"]}),
+             **{"mlp_" + k: v for k, v in models.ort_reference(mlp, {"x": inputs["x"]}).items()})
+    info["built"] += ["cnn.onnx", "mlp.onnx"]
+
+    why = make_tflite(out / "cnn.tflite")
+    if why is None:
+        with edgekit.load(out / "cnn.tflite", backend="litert") as sess:
+            feeds = {sess.inputs[0].name: inputs["image"]}
+            np.savez(out / "ref_tflite.npz", **sess.run(feeds))
+        info["built"].append("cnn.tflite")
+    else:
+        info["skipped"]["cnn.tflite"] = why
+
+    with edgekit.load(cnn) as sess:
+        ins, outs = sess.inputs, sess.outputs
+    with BundleWriter(out / "cnn.bundle", source=cnn, inputs=ins, outputs=outs,
+                      meta={"made_by": "boards/qemu/make_fixtures.py"}) as w:
+        w.add_variant("onnx-fp32", "onnx", "fp32", cnn, ins, outs, validation={"passed": True, "cosine": 1.0})
+    info["built"].append("cnn.bundle")
+
+    frames = make_frames(out / "frames")
+    rc = piapp.main(["--model", str(out / "cnn.bundle"), "--frames", str(frames), "--jsonl",
+                     str(out / "ref_piapp.jsonl"), "--top", "3"])
+    if rc != 0:
+        raise SystemExit(f"make_fixtures: the Pi app failed on the host (exit {rc})")
+    info["built"] += ["frames", "ref_piapp.jsonl"]
+    import onnxruntime
+
+    info["host"] = {"onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    (out / "fixtures.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    args = ap.parse_args(argv)
+    if args.out.exists():
+        if not args.force:
+            sys.stderr.write(f"make_fixtures: {args.out} exists; give --force to replace it\n")
+            return 2
+        shutil.rmtree(args.out)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info = build(tmp)
+    tmp.rename(args.out)
+    sys.stderr.write(f"make_fixtures: {', '.join(info['built'])} in {args.out}"
+                     + "".join(f"; skipped {k}: {v}" for k, v in info["skipped"].items()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Run edgekit's tests marked `aarch64` on an emulated Raspberry Pi 4 CPU (qemu-aarch64 -cpu cortex-a72).
+#
+# 1. installs qemu-user if missing (exit 0 with a SKIPPED line if it cannot be installed);
+# 2. builds an aarch64 sysroot from Debian's arm64 packages (the python3.11 closure, `apt-get download` +
+#    `dpkg -x`; no binfmt_misc needed) with a Cortex-A72 /proc/cpuinfo (onnxruntime parses it at import);
+# 3. installs the aarch64 wheels of the runtime dependencies with pip --target (every manylinux_2_N tag);
+#    steps 2-3 are cached under ~/.cache/edgekit/qemu/, keyed on their inputs;
+# 4. installs edgekit itself (a pure-Python wheel built from this checkout), builds the fixtures (models,
+#    bundles, reference outputs) on the host with boards/qemu/make_fixtures.py;
+# 5. runs `pytest -m aarch64 tests/aarch64` under qemu and ends with pytest's summary line.
+#
+# Usage: boards/qemu/run-tests.sh [extra pytest args]
+# Env:   EDGEKIT_QEMU_CACHE (cache folder), PYTHON (host python, default python3), QEMU_CPU (default cortex-a72)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/boards/qemu"
+CACHE="${EDGEKIT_QEMU_CACHE:-$HOME/.cache/edgekit/qemu}"
+PYTHON="${PYTHON:-python3}"
+QEMU_CPU="${QEMU_CPU:-cortex-a72}"
+# the guest's runtime-only install: edgekit's core dependencies, the TFLite extra, and pytest
+WHEELS=(numpy onnx onnxruntime pillow tqdm ai-edge-litert pytest)
+START=$(date +%s)
+
+log() { printf '[qemu %3ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
+key() { { cat "$@"; } | sha256sum | cut -c1-16; }
+
+# ---------------------------------------------------------------- 1. qemu
+if ! command -v qemu-aarch64 >/dev/null; then
+    log "installing qemu-user"
+    if ! { sudo_ apt-get update -qq && sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } \
+            >/dev/null 2>&1 || ! command -v qemu-aarch64 >/dev/null; then
+        echo "SKIPPED: qemu-aarch64 is not installed and cannot be installed here (needs apt-get and root);" \
+             "install qemu-user to run the aarch64 tests"
+        exit 0
+    fi
+fi
+command -v apt-get >/dev/null && command -v dpkg >/dev/null || {
+    echo "SKIPPED: building the arm64 sysroot needs Debian/Ubuntu's apt-get and dpkg"; exit 0; }
+mkdir -p "$CACHE"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgekit-qemu.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+# run a step with its output in a log, shown only when it fails
+quiet() { "$@" >"$WORK/step.log" 2>&1 || { cat "$WORK/step.log" >&2; echo "FAILED: $*" >&2; exit 1; }; }
+
+# ---------------------------------------------------------------- 2. sysroot
+CODENAME=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
+SYSROOT_KEY=$(printf '%s\n' "$CODENAME" "$QEMU_CPU" | key "$HERE/run-tests.sh" "$HERE/cpuinfo-cortex-a72" -)
+SYSROOT="$CACHE/sysroot-$CODENAME-$SYSROOT_KEY"
+if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
+    log "building the arm64 sysroot ($SYSROOT)"
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        sudo_ dpkg --add-architecture arm64
+    fi
+    quiet sudo_ apt-get update -qq
+    TMP="$SYSROOT.tmp.$$"
+    rm -rf "$TMP"; mkdir -p "$TMP/debs" "$TMP/root"
+    # the arm64 closure of python3.11, plus the C++ runtime the wheels link against
+    mapfile -t PKGS < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+            --no-replaces --no-enhances python3.11:arm64 libstdc++6:arm64 libgomp1:arm64 2>/dev/null \
+        | grep -E '^[a-z0-9].*:arm64$' | grep -vE '^(dpkg|tar|install-info|perl.*|libperl.*):' | sort -u)
+    log "downloading ${#PKGS[@]} arm64 packages"
+    (cd "$TMP/debs" && apt-get download -qq "${PKGS[@]}" >"$TMP/apt.log" 2>&1) || { cat "$TMP/apt.log" >&2; exit 1; }
+    for deb in "$TMP"/debs/*.deb; do dpkg -x "$deb" "$TMP/root"; done
+    # an emulated Raspberry Pi 4 CPU: qemu -L redirects the guest's /proc/cpuinfo read here
+    mkdir -p "$TMP/root/proc"
+    cp "$HERE/cpuinfo-cortex-a72" "$TMP/root/proc/cpuinfo"
+    # empty site folders, so the guest never falls through -L to the host's Python packages
+    mkdir -p "$TMP/root/usr/lib/python3/dist-packages" "$TMP/root/usr/local/lib/python3.11/dist-packages"
+    rm -rf "$TMP/debs"
+    rm -rf "$SYSROOT"; mv "$TMP/root" "$SYSROOT"; rm -rf "$TMP"
+fi
+GUEST=(qemu-aarch64 -cpu "$QEMU_CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11")
+"${GUEST[@]}" -c "import platform, sys; assert platform.machine() == 'aarch64', platform.machine()" \
+    || { echo "FAILED: the arm64 python does not start under qemu-aarch64"; exit 1; }
+
+# ---------------------------------------------------------------- 3. aarch64 wheels
+SITE_KEY=$(printf '%s\n' "${WHEELS[@]}" | key "$HERE/run-tests.sh" -)
+SITE="$CACHE/site-py311-$SITE_KEY"
+if [ ! -f "$SITE/.complete" ]; then
+    log "installing aarch64 wheels: ${WHEELS[*]}"
+    PLAT=(); for n in $(seq 17 36); do PLAT+=(--platform "manylinux_2_${n}_aarch64"); done
+    PLAT+=(--platform manylinux2014_aarch64 --platform linux_aarch64)
+    rm -rf "$SITE.tmp"
+    quiet "$PYTHON" -m pip install -q --disable-pip-version-check --no-warn-script-location --target "$SITE.tmp" \
+        --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 "${PLAT[@]}" "${WHEELS[@]}"
+    touch "$SITE.tmp/.complete"
+    rm -rf "$SITE"; mv "$SITE.tmp" "$SITE"
+fi
+
+# ---------------------------------------------------------------- 4. edgekit + fixtures
+log "building the edgekit wheel"
+quiet "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
+quiet "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --target "$WORK/edgekit" "$WORK"/dist/edgekit-*.whl
+log "building fixtures on the host"
+quiet "$PYTHON" "$HERE/make_fixtures.py" "$WORK/fixtures"
+tail -1 "$WORK/step.log" >&2
+
+# ---------------------------------------------------------------- 5. the tests, emulated
+log "running pytest -m aarch64 under qemu-aarch64 -cpu $QEMU_CPU"
+cd "$ROOT"
+env -i PATH=/usr/bin:/bin HOME="$WORK" LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONNOUSERSITE=1 \
+    PYTHONPATH="$WORK/edgekit:$SITE" EDGEKIT_AARCH64_FIXTURES="$WORK/fixtures" EDGEKIT_QEMU=1 \
+    OMP_NUM_THREADS=1 \
+    "${GUEST[@]}" -m pytest -m aarch64 -p no:cacheprovider -q --no-header tests/aarch64 "$@"
+exit $?  # nothing after pytest: its summary line is the last line

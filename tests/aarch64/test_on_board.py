@@ -1,0 +1,104 @@
+"""On an (emulated) Raspberry Pi 4: models and bundles made on the host give the host's outputs.
+
+Run under qemu-aarch64 by boards/qemu/run-tests.sh; on the host they run against the same fixtures.
+Tolerances: fp32 kernels differ between x86 (AVX) and aarch64 (NEON) only in summation order, so outputs
+(probabilities of small CNN/MLP models) agree within atol 1e-5.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+
+pytestmark = pytest.mark.aarch64
+
+ATOL, RTOL = 1e-5, 1e-4
+ON_ARM = platform.machine() in ("aarch64", "arm64")
+
+
+def test_onnx_matches_host(fixtures):
+    inputs = np.load(fixtures / "inputs.npz")
+    ref = np.load(fixtures / "ref_onnx.npz")
+    with edgekit.load(fixtures / "cnn.onnx") as sess:
+        assert sess.backend == "onnxruntime"
+        got = sess.run({"image": inputs["image"]})
+    np.testing.assert_allclose(got["probs"], ref["probs"], rtol=RTOL, atol=ATOL)
+    with edgekit.load(fixtures / "mlp.onnx") as sess:  # dynamic batch (3 rows)
+        got = sess.run({"x": inputs["x"]})
+    name = next(iter(got))
+    np.testing.assert_allclose(got[name], ref["mlp_" + name], rtol=RTOL, atol=ATOL)
+
+
+def test_tflite_matches_host(fixtures, built):
+    if "cnn.tflite" not in built["built"]:
+        pytest.skip(f"no TFLite fixture: {built['skipped'].get('cnn.tflite')}")
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("ai-edge-litert has no wheel installed for this platform")
+    inputs = np.load(fixtures / "inputs.npz")
+    ref = np.load(fixtures / "ref_tflite.npz")
+    with edgekit.load(fixtures / "cnn.tflite") as sess:
+        assert sess.backend == "litert"
+        got = sess.run({sess.inputs[0].name: inputs["image"]})
+    assert set(got) == set(ref.files)
+    for k in got:
+        np.testing.assert_allclose(got[k], ref[k], rtol=RTOL, atol=ATOL)
+
+
+def test_bundle_through_the_facade(fixtures):
+    inputs = np.load(fixtures / "inputs.npz")
+    ref = np.load(fixtures / "ref_onnx.npz")
+    bundle = edgekit.Bundle(fixtures / "cnn.bundle")
+    assert bundle.best().id == "onnx-fp32"
+    with edgekit.load(fixtures / "cnn.bundle") as sess:
+        got = sess.run({"image": inputs["image"]})
+    np.testing.assert_allclose(got["probs"], ref["probs"], rtol=RTOL, atol=ATOL)
+
+
+def test_piapp_loop_matches_host(fixtures, tmp_path):
+    from edgekit.apps import piapp
+
+    out = tmp_path / "board.jsonl"
+    assert piapp.main(["--model", str(fixtures / "cnn.bundle"), "--frames", str(fixtures / "frames"),
+                       "--jsonl", str(out), "--top", "3"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    ref = [json.loads(x) for x in (fixtures / "ref_piapp.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in got] == [r["source"] for r in ref] and len(got) == 4
+    for g, r in zip(got, ref):
+        ref_scores = {t["index"]: t["score"] for t in r["top"]}
+        got_scores = {t["index"]: t["score"] for t in g["top"]}
+        assert got_scores.keys() == ref_scores.keys() or _tied(ref_scores, got_scores)
+        for idx in got_scores.keys() & ref_scores.keys():
+            assert got_scores[idx] == pytest.approx(ref_scores[idx], abs=ATOL)
+
+
+def _tied(a: dict, b: dict) -> bool:
+    """Top-k sets may differ only by classes whose scores tie within the tolerance."""
+    return abs(min(a.values()) - min(b.values())) <= ATOL
+
+
+def test_board_detected_as_rpi4():
+    if os.environ.get("EDGEKIT_QEMU") != "1":
+        pytest.skip("the emulated board (Cortex-A72 cpuinfo) exists only under boards/qemu/run-tests.sh")
+    from edgekit import boards
+
+    prof = boards.detect()
+    assert prof.name == "rpi4" and prof.cpu == "Cortex-A72"
+
+
+def test_runtime_only_site():
+    """The board install has runtimes only: no converter or training stacks."""
+    if not ON_ARM:
+        pytest.skip("checks the aarch64 site of boards/qemu/run-tests.sh (the host has the converters)")
+    present = [m for m in ("torch", "tensorflow", "coremltools", "litert_torch", "onnx2tf", "tf_keras", "jax")
+               if importlib.util.find_spec(m) is not None]
+    assert present == [], f"converter dependencies installed on the board: {present}"
+    assert importlib.util.find_spec("onnxruntime") is not None
+    assert Path(edgekit.__file__).parts[-2] == "edgekit"  # the installed wheel, not the source checkout
