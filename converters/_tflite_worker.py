@@ -122,9 +122,50 @@ def to_tflite(job: dict, saved_model: str) -> dict:
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         blob = conv.convert()
         info["float_fallback"] = True
+    blob, info["io_order_fixed"] = keep_io_order(blob, job["input_names"], job.get("output_names") or [])
     with open(job["out"], "wb") as f:
         f.write(blob)
     return info
+
+
+def keep_io_order(blob: bytes, input_names: list[str], output_names: list[str]) -> tuple[bytes, bool]:
+    """Make the model's input/output order the ONNX source's.
+
+    LiteRT lists signature inputs sorted by name (and outputs ``output_0, output_1, output_10 ...``), so a
+    source whose order is not sorted would be fed by position wrongly. Then the signature is dropped, the
+    subgraph's inputs/outputs are put in source order and named like the source: runtimes bind by index.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    model = fu.convert_bytearray_to_object(bytearray(blob))
+    if not model.signatureDefs or len(model.subgraphs) != 1:
+        return blob, False
+    sig = model.signatureDefs[0]
+    ins = {_name(tm.name): tm.tensorIndex for tm in sig.inputs}
+    outs = {_name(tm.name): tm.tensorIndex for tm in sig.outputs}
+    out_keys = sorted(outs, key=lambda k: (int(k.rsplit("_", 1)[1]) if re.fullmatch(r"output_\d+", k) else 1 << 30, k))
+    if list(ins) == list(input_names) and sorted(input_names) == list(input_names) and sorted(outs) == out_keys:
+        return blob, False
+    order = []
+    for name in input_names:
+        hit = name if name in ins else next((k for k in ins if _norm(k) == _norm(name)), None)
+        if hit is None:
+            return blob, False
+        order.append(ins[hit])
+    sg = model.subgraphs[0]
+    sg.inputs = order
+    sg.outputs = [outs[k] for k in out_keys]
+    for idx, name in zip(order, input_names):
+        sg.tensors[idx].name = name.encode()
+    if len(output_names) == len(out_keys):
+        for idx, name in zip(sg.outputs, output_names):
+            sg.tensors[idx].name = name.encode()
+    model.signatureDefs = []
+    return bytes(fu.convert_object_to_bytearray(model)), True
+
+
+def _name(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def main() -> int:

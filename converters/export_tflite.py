@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgekit._fs import atomic_file
-from edgekit.errors import ConversionError, InputError, UnsupportedOpError
+from edgekit.errors import ConversionError, EdgekitError, InputError, UnsupportedOpError
 
 from . import register_exporter, toolenv
 
@@ -156,6 +156,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     onnx.save(model, str(dest))
     return {
         "input_names": [i.name for i in inputs],
+        "output_names": [o.name for o in model.graph.output],
         "input_ranks": [len(i.type.tensor_type.shape.dim) for i in inputs],
         "erf_left": any(n.op_type == "Erf" for n in model.graph.node),
         "gelu_fused": fused,
@@ -196,6 +197,13 @@ def verify_tflite(path: Path, onnx_path: Path) -> None:
         t_in, t_out = list(runner.get_input_details().values()), list(runner.get_output_details().values())
     else:
         t_in, t_out = interp.get_input_details(), interp.get_output_details()
+    # runtimes feed by position: same names must come in the source's order
+    got_names = list(runner.get_input_details()) if len(sigs) == 1 else [
+        re.sub(r"^serving_default_|:\d+$", "", d["name"]) for d in t_in]
+    if set(got_names) == {s.name for s in src_in}:
+        if got_names != [s.name for s in src_in]:
+            raise ConversionError(f"{path.name}: input order {got_names} differs from the source's "
+                                  f"{[s.name for s in src_in]}")
     for kind, src, got in (("inputs", src_in, t_in), ("outputs", src_out, t_out)):
         if len(src) != len(got):
             raise ConversionError(f"{path.name}: {len(got)} {kind} after conversion, the source has {len(src)}")
@@ -309,7 +317,7 @@ class TFLiteExporter:
             facts = prepare_onnx(onnx_path, work / "model.onnx")
             job = {
                 "onnx": str(work / "model.onnx"), "workdir": str(work), "out": str(work / "model.tflite"),
-                "precision": precision, "input_names": facts["input_names"],
+                "precision": precision, "input_names": facts["input_names"], "output_names": facts["output_names"],
                 "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
                 if keep_nchw else [],
                 "pseudo_ops": ["Erf"] if facts["erf_left"] else [],
@@ -344,7 +352,10 @@ class TFLiteExporter:
 
 def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
                  calibration: dict | list | None = None, force: bool = False) -> Path:
-    """Convert a PyTorch module to ``out_path`` (.tflite) with litert-torch (PT2E quantization for int8).
+    """Convert a PyTorch module to ``out_path`` (.tflite) with litert-torch; float inputs/outputs at every precision.
+
+    fp32: litert-torch; int8-dynamic: PT2E dynamic quantization; fp16 and static int8: ai-edge-quantizer on the
+    fp32 model (PT2E static int8 would make the model's inputs/outputs int8).
 
     ``calibration`` for static int8: a list of example-input tuples, or a dict input-position/name -> array
     [N, ...] (sample ``i`` is ``arr[i:i+1]``), in the order of ``example_inputs``.
@@ -358,29 +369,56 @@ def export_torch(module, example_inputs: tuple, out_path: Path, precision: str =
     example_inputs = tuple(example_inputs)
     out_path = Path(out_path)
     try:
-        if precision == "fp32":
-            edge = litert_torch.convert(module, example_inputs)
-        elif precision in ("int8", "int8-dynamic"):
-            edge = _torch_pt2e(torch, litert_torch, module, example_inputs, precision, calibration)
-        else:  # fp16: float16 weights, float32 compute and I/O
-            from ai_edge_quantizer import quantizer
-
-            edge32 = litert_torch.convert(module, example_inputs)
-            with tempfile.TemporaryDirectory(prefix="edgekit-torch-") as tmp:
-                f32 = Path(tmp) / "fp32.tflite"
-                edge32.export(str(f32))
-                qt = quantizer.Quantizer(str(f32))
-                qt.load_quantization_recipe(_fp16_recipe())
-                blob = qt.quantize().quantized_model
+        if precision == "int8-dynamic":
+            edge = _torch_pt2e(torch, litert_torch, module, example_inputs, calibration)
             with atomic_file(out_path, force=force) as tmp_out:
-                Path(tmp_out).write_bytes(bytes(blob))
+                edge.export(str(tmp_out))
             return out_path
+        if precision == "int8":
+            return _torch_int8_via_onnx(torch, module, example_inputs, out_path, calibration, force)
+        edge32 = litert_torch.convert(module, example_inputs)
+        with tempfile.TemporaryDirectory(prefix="edgekit-torch-") as tmp:
+            f32 = Path(tmp) / "fp32.tflite"
+            edge32.export(str(f32))
+            if precision == "fp32":
+                blob = f32.read_bytes()
+            else:
+                blob = _fp16_weights(f32)
+        with atomic_file(out_path, force=force) as tmp_out:
+            Path(tmp_out).write_bytes(bytes(blob))
+    except EdgekitError:
+        raise
     except Exception as exc:
         raise ConversionError(f"litert-torch {precision} conversion failed: {str(exc).splitlines()[0][:400]}") \
             from exc
-    with atomic_file(out_path, force=force) as tmp_out:
-        edge.export(str(tmp_out))
     return out_path
+
+
+def _torch_int8_via_onnx(torch, module, example_inputs, out_path: Path, calibration, force: bool) -> Path:
+    """Static int8 with float I/O: torch -> ONNX (opset 20) -> the onnx2tf path with its full-int8 converter.
+
+    (litert-torch's PT2E and ai-edge-quantizer's static recipe both make the model's inputs/outputs int8.)
+    """
+    names = [f"input_{i}" for i in range(len(example_inputs))]
+    samples = _torch_samples(example_inputs, calibration)
+    cal = {n: np.concatenate([_np(s[i]) for s in samples]) for i, n in enumerate(names)}
+    with tempfile.TemporaryDirectory(prefix="edgekit-torch-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        torch.onnx.export(module, example_inputs, str(onnx_path), input_names=names, opset_version=20, dynamo=False)
+        return TFLiteExporter().export(onnx_path, out_path, "int8", calibration=cal, force=force)
+
+
+def _np(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+
+def _fp16_weights(f32: Path) -> bytes:
+    """float16 weights with ai-edge-quantizer (compute and I/O stay float32)."""
+    from ai_edge_quantizer import quantizer
+
+    qt = quantizer.Quantizer(str(f32))
+    qt.load_quantization_recipe(_fp16_recipe())
+    return qt.quantize().quantized_model
 
 
 def _fp16_recipe():
@@ -403,7 +441,8 @@ def _torch_samples(example_inputs: tuple, calibration) -> list[tuple]:
     return [tuple(np.asarray(a)[i:i + 1] for a in arrays) for i in range(n)]
 
 
-def _torch_pt2e(torch, litert_torch, module, example_inputs, precision, calibration):
+def _torch_pt2e(torch, litert_torch, module, example_inputs, calibration):
+    """Dynamic-range int8 through PT2E (int8 weights, float I/O and activations)."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
@@ -411,12 +450,11 @@ def _torch_pt2e(torch, litert_torch, module, example_inputs, precision, calibrat
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError:
         from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
-    dynamic = precision == "int8-dynamic"
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     graph = torch.export.export(module, example_inputs).module()
     graph = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in _torch_samples(example_inputs, calibration):
-            graph(*[torch.as_tensor(np.asarray(s)) if not isinstance(s, torch.Tensor) else s for s in sample])
+            graph(*[torch.as_tensor(_np(s)) for s in sample])
     graph = convert_pt2e(graph, fold_quantize=False)
     return litert_torch.convert(graph, example_inputs, quant_config=QuantConfig(pt2e_quantizer=quantizer))

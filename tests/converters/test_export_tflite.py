@@ -183,3 +183,52 @@ def test_tool_env_is_cached(tool_env):
     assert toolenv.ensure(toolenv.ONNX2TF) == tool_env  # second call: no rebuild
     assert tool_env.parent.parent.name.startswith("onnx2tf-1.29.24-py")
     assert toolenv.ONNX2TF.path.parent == toolenv.tools_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_export_torch_runs_in_litert_and_matches_torch(tool_env, tmp_path, precision):
+    """PyTorch source: litert-torch (fp32, fp16, PT2E int8-dynamic); static int8 through the ONNX path."""
+    torch = pytest.importorskip("torch")
+    if importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("litert-torch is not installed (pip install 'edgekit[tflite-export]')")
+    from edgekit.converters.export_tflite import export_torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 10)).eval()
+    example = (torch.randn(1, 16),)
+    cal = [(torch.randn(1, 16),) for _ in range(N_CAL)] if precision == "int8" else None
+    out = export_torch(net, example, tmp_path / f"net-{precision}.tflite", precision, calibration=cal)
+    sess = edgekit.load(out)
+    assert len(sess.inputs) == 1 and sess.inputs[0].dtype == np.float32 and sess.outputs[0].dtype == np.float32
+    xs = torch.randn(N_EVAL, 16)
+    with torch.no_grad():
+        ref = net(xs).numpy()
+    got = np.concatenate([next(iter(sess.run({sess.inputs[0].name: xs[i:i + 1].numpy()}).values()))
+                          for i in range(N_EVAL)])
+    err, cos = float(np.abs(got - ref).max()), _cosine(got, ref)
+    if precision == "fp32":
+        assert err <= 1e-4, err  # same float32 math
+    elif precision == "fp16":
+        assert err <= 1e-2 and cos >= 0.9999, (err, cos)  # fp16 weights
+    else:
+        assert cos >= 0.99, cos  # int8 weights (and activations for static int8)
+
+
+@pytest.mark.slow
+def test_unsorted_input_order_is_kept(tool_env, tmp_path):
+    """LiteRT sorts signature inputs by name; the exporter keeps the source's order (zeta before alpha)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Sub", ["zeta", "alpha"], ["diff"]), helper.make_node("Mul", ["zeta", "alpha"], ["prod"])]
+    spec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("zeta", "alpha")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("diff", "prod")]
+    m = helper.make_model(helper.make_graph(nodes, "order", spec, outs), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = models.save(m, tmp_path / "order.onnx")
+    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "order.tflite", "fp32"))
+    assert [i.name for i in sess.inputs] == ["zeta", "alpha"]
+    z, a = np.arange(4, dtype=np.float32)[None], np.full((1, 4), 10, np.float32)
+    got = list(sess.run({"zeta": z, "alpha": a}).values())
+    np.testing.assert_allclose(got[0], z - a, atol=0)  # outputs in source order too: diff, then prod
+    np.testing.assert_allclose(got[1], z * a, atol=0)
