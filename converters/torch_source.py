@@ -41,8 +41,11 @@ def export_torch(module: Any, example_inputs: Any, path: Path, opset: int | None
         out = module(*args)
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
     outs = list(output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
+    import warnings
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)    # the TorchScript exporter is what we want
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset or DEFAULT_OPSET,
                               input_names=names, output_names=outs, do_constant_folding=True)
     except Exception as exc:

@@ -1,0 +1,181 @@
+"""edgekit.convert end to end: every variant of the bundle runs in onnxruntime and matches the fp32 source."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.errors import InputError, ModelLoadError, OutputExistsError
+
+import models
+
+
+def _cal(shape, n=24, seed=0, ints=False):
+    rng = np.random.default_rng(seed)
+    if ints:
+        return rng.integers(0, 100, (n,) + shape[1:]).astype(np.int64)
+    return rng.standard_normal((n,) + shape[1:]).astype(np.float32)
+
+
+def _cos(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tmp_path_factory, cnn_onnx):
+    out = tmp_path_factory.mktemp("b") / "cnn"
+    b = edgekit.convert(cnn_onnx, out, targets="onnx", quantize=("fp32", "fp16", "int8-dynamic", "int8"),
+                        prune=["2:4", "channels:0.5"], calibration={"image": _cal((1, 3, 16, 16))}, progress=False)
+    return b, out
+
+
+def test_bundle_has_every_variant_validated(cnn_bundle):
+    b, out = cnn_bundle
+    ids = {v.id for v in b.variants}
+    for p in ("fp32", "fp16", "int8-dynamic", "int8"):
+        assert {f"onnx-{p}", f"onnx-{p}-2of4", f"onnx-{p}-ch50"} <= ids
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source"]["name"] == "cnn.onnx" and len(man["source"]["sha256"]) == 64
+    for v in man["variants"]:
+        val = v["validation"]
+        assert {"cosine", "max_abs", "mean_abs", "top1", "passed", "method", "n_samples"} <= set(val)
+        assert val["method"] == "runtime" and val["n_samples"] == 6       # 25% of 24 held out
+        assert [s["name"] for s in v["inputs"]] == ["image"] and [s["name"] for s in v["outputs"]] == ["probs"]
+        assert (out / v["path"]).is_file()
+    assert "| onnx-int8 |" in (out / "report.md").read_text()
+    assert not list(out.parent.glob(".cnn.tmp-*"))
+
+
+def test_every_variant_runs_and_matches_fp32(cnn_bundle, cnn_onnx):
+    b, out = cnn_bundle
+    rng = np.random.default_rng(99)
+    xs = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+    ref = [models.ort_reference(cnn_onnx, {"image": x})["probs"] for x in xs]
+    sizes = {v.id: v.size for v in b.variants}
+    for v in b.variants:
+        sess = edgekit.load(out, variant=v.id)
+        got = [sess.run({"image": x})["probs"] for x in xs]
+        for r, g in zip(ref, got):
+            # tolerances vs the fp32 source: fp32 exact-ish, fp16 1e-3, int8 / pruned judged by cosine
+            if v.id == "onnx-fp32":
+                np.testing.assert_allclose(g, r, atol=1e-6)
+            elif v.id == "onnx-fp16":
+                np.testing.assert_allclose(g, r, atol=1e-3)
+            elif not v.pruning:
+                assert _cos(r, g) >= 0.99
+            # still a softmax; int8 output steps of 1/255 over 10 classes allow up to 10 * 0.5/255 off
+            assert np.isfinite(g).all() and abs(g.sum() - 1) < 0.02
+    assert sizes["onnx-fp16"] < 0.7 * sizes["onnx-fp32"]
+    assert sizes["onnx-fp32-ch50"] < sizes["onnx-fp32"]
+
+
+def test_load_picks_a_passing_variant(cnn_bundle):
+    b, out = cnn_bundle
+    sess = edgekit.load(out)
+    assert b.variant(sess.variant).passed
+
+
+def test_bert_block_int8_and_fp16(tmp_path, bert_onnx):
+    ids = _cal((1, 8), n=20, ints=True)
+    b = edgekit.convert(bert_onnx, tmp_path / "bert", targets=["onnx"], quantize="fp32,fp16,int8-dynamic,int8",
+                        calibration={"input_ids": ids}, progress=False)
+    x = {"input_ids": np.arange(8, dtype=np.int64).reshape(1, 8) * 7}
+    ref = models.ort_reference(bert_onnx, x)["hidden"]
+    for v in b.variants:
+        assert v.validation["top1"] is None          # not a classifier: cosine and errors only
+        got = edgekit.load(tmp_path / "bert", variant=v.id).run(x)["hidden"]
+        assert _cos(ref, got) >= (0.999 if v.precision in ("fp32", "fp16") else 0.98), v.id
+
+
+def test_accuracy_aware_retry_keeps_nodes_in_float(tmp_path, cnn_onnx):
+    # a threshold int8 cannot reach on its own forces the retry; fp32 nodes make it pass
+    b = edgekit.convert(cnn_onnx, tmp_path / "strict", targets="onnx", quantize=["fp32", "int8"],
+                        calibration={"image": _cal((1, 3, 16, 16))}, cosine_threshold=0.99999, progress=False)
+    v = b.variant("onnx-int8")
+    kept = v.validation.get("kept_float")
+    assert kept, v.validation
+    assert "kept in float" in (tmp_path / "strict" / "report.md").read_text()
+    import onnx
+    m = onnx.load(str(b.artifact(v)))
+    float_convs = [n for n in m.graph.node if n.name in kept]
+    assert float_convs        # the kept nodes exist by name in the variant, unquantized
+    if v.validation["passed"]:
+        assert v.validation["cosine"] >= 0.99999
+
+
+def test_pruning_retry_records_unpruned_layers(tmp_path, cnn_onnx):
+    b = edgekit.convert(cnn_onnx, tmp_path / "p", targets="onnx", quantize="fp32", prune="0.9",
+                        cosine_threshold=0.995, progress=False)
+    v = b.variant("onnx-fp32-sparse90")
+    assert v.pruning == "0.9"
+    assert v.validation.get("kept_unpruned") or v.validation["passed"]
+
+
+def test_torch_module_source(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, image):
+            return self.fc(torch.relu(self.conv(image)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(1, 3, 12, 12)
+    b = edgekit.convert(net, tmp_path / "t", example_inputs=(x,), targets="onnx", quantize=("fp32", "fp16"),
+                        progress=False)
+    assert [s.name for s in b.variants[0].inputs] == ["image"]
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = edgekit.load(tmp_path / "t", variant="onnx-fp32").run({"image": x.numpy()})
+    np.testing.assert_allclose(next(iter(got.values())), want, atol=1e-5)   # ORT vs torch fp32
+
+
+def test_torch_source_needs_example_inputs(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    with pytest.raises(InputError, match="example_inputs"):
+        edgekit.convert(torch.nn.Linear(3, 2), tmp_path / "t", targets="onnx", progress=False)
+
+
+def test_bad_inputs_leave_no_bundle(tmp_path, cnn_onnx):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="--calibration"):
+        edgekit.convert(cnn_onnx, out, targets="onnx", quantize="int8", progress=False)
+    with pytest.raises(InputError, match="--prune"):
+        edgekit.convert(cnn_onnx, out, targets="onnx", prune="2:x", progress=False)
+    with pytest.raises(InputError, match="unknown export format"):
+        edgekit.convert(cnn_onnx, out, targets="onnx,caffe", progress=False)
+    with pytest.raises(InputError, match="image"):      # calibration of the wrong shape, found mid-way
+        edgekit.convert(cnn_onnx, out, targets="onnx", calibration={"image": np.zeros((4, 3, 8, 8), np.float32)},
+                        progress=False)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08garbage")
+    with pytest.raises(ModelLoadError, match="bad.onnx"):
+        edgekit.convert(bad, out, targets="onnx", progress=False)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.onnx"]     # no temporary half bundle either
+
+
+def test_existing_output_needs_force(tmp_path, mlp_onnx):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(OutputExistsError, match="--force"):
+        edgekit.convert(mlp_onnx, out, targets="onnx", quantize="fp32", progress=False)
+    assert (out / "keep.txt").read_text() == "user data"
+    b = edgekit.convert(mlp_onnx, out, targets="onnx", quantize="fp32", force=True, progress=False)
+    assert not (out / "keep.txt").exists() and [v.id for v in b.variants] == ["onnx-fp32"]
+
+
+def test_default_quantize_without_calibration_builds_dynamic(tmp_path, mlp_onnx):
+    b = edgekit.convert(mlp_onnx, tmp_path / "o", targets="onnx", progress=False)
+    assert [v.id for v in b.variants] == ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic"]
+    assert "no calibration data" in (tmp_path / "o" / "report.md").read_text()

@@ -1,0 +1,116 @@
+"""Pruning: magnitude, 2:4 and structured channels; pruned models run in onnxruntime and are checked exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgekit.converters import calibration, canonical, prune
+from edgekit.errors import InputError
+
+import models
+
+
+def _w(model, name):
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+def _run(model, feeds):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feeds)
+
+
+@pytest.mark.parametrize("text,kind", [("0.5", "magnitude"), ("2:4", "nm"), ("channels:0.3", "channels")])
+def test_parse(text, kind):
+    spec = prune.parse_prune(text)
+    assert spec.kind == kind and str(prune.parse_prune(str(spec))) == str(spec)
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "4:2", "channels:2", "half", "2:"])
+def test_bad_spec_names_the_flag(bad):
+    with pytest.raises(InputError, match="--prune"):
+        prune.parse_prune(bad)
+
+
+def test_magnitude_sparsity_per_layer():
+    m = canonical.canonicalize(models.cnn())
+    res = prune.prune(m, "0.5")
+    for name in ("c1w", "c2w", "fw"):
+        w = _w(res.model, name)
+        assert abs((w == 0).mean() - 0.5) <= 1 / w.size     # exactly floor(0.5 * size) zeros
+        kept = np.abs(_w(m, name))[w != 0]
+        assert kept.min() >= np.abs(_w(m, name))[w == 0].max()    # the smallest magnitudes went
+    _run(res.model, {"image": np.ones((1, 3, 16, 16), np.float32)})
+
+
+def test_two_of_four_pattern():
+    m = canonical.canonicalize(models.bert_block())
+    res = prune.prune(m, "2:4")
+    assert res.layers
+    for wname in ("Wq", "W1", "W2"):        # MatMul weights [K, N]: groups of 4 along K
+        w = _w(res.model, wname)
+        groups = np.moveaxis(w, 0, -1).reshape(-1, 4)
+        assert ((groups == 0).sum(1) >= 2).all()
+    ids = {"input_ids": np.arange(8, dtype=np.int64).reshape(1, 8)}
+    assert _run(res.model, ids)[0].shape == (1, 8, 32)
+
+
+def test_channel_pruning_shrinks_and_is_exact_on_dead_channels():
+    """Channels whose weights are zero contribute nothing: removing them must not change the output."""
+    m = canonical.canonicalize(models.cnn())
+    w1 = {i.name: i for i in m.graph.initializer}
+    c1 = numpy_helper.to_array(w1["c1w"]).copy()
+    b1 = numpy_helper.to_array(w1["c1b"]).copy()
+    c1[[1, 4, 6, 7]] = 0.0
+    b1[[1, 4, 6, 7]] = -1.0                   # Relu(-1) = 0: dead channels
+    w1["c1w"].CopyFrom(numpy_helper.from_array(c1, "c1w"))
+    w1["c1b"].CopyFrom(numpy_helper.from_array(b1, "c1b"))
+    res = prune.prune(m, "channels:0.5")
+    assert "Conv_0" in res.layers or res.layers
+    assert _w(res.model, "c1w").shape == (4, 3, 3, 3)
+    assert _w(res.model, "c2w").shape[1] == 4          # the next Conv lost the matching inputs
+    assert res.params_after < res.params_before
+    onnx.checker.check_model(res.model)
+    x = {"image": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    c2 = numpy_helper.to_array(w1["c2w"])
+    # only Conv_0 carries dead channels; prune just that group to compare exactly
+    res0 = prune.prune(m, "channels:0.5", skip=[h for h in prune.candidates(m, prune.parse_prune("channels:0.5"))
+                                               if h != m.graph.node[0].name])
+    assert _w(res0.model, "c2w").shape == (16, 4, 3, 3) and c2.shape == (16, 8, 3, 3)
+    np.testing.assert_allclose(_run(res0.model, x)[0], _run(m, x)[0], atol=1e-6)   # float rounding only
+
+
+def test_channel_pruning_mlp_and_bert_ffn():
+    mlp = canonical.canonicalize(models.mlp())
+    res = prune.prune(mlp, "channels:0.5")
+    assert _w(res.model, "W1").shape == (16, 16) and _w(res.model, "b1").shape == (16,)
+    assert _w(res.model, "W2").shape == (16, 10)
+    assert _run(res.model, {"x": np.ones((3, 16), np.float32)})[0].shape == (3, 10)
+    bert = canonical.canonicalize(models.bert_block())
+    res = prune.prune(bert, "channels:0.5")
+    assert _w(res.model, "W1").shape == (32, 32) and _w(res.model, "W2").shape == (32, 32)   # FFN 64 -> 32
+    # residual-connected projections are left alone
+    assert _w(res.model, "Wo").shape == (32, 32)
+
+
+def test_skip_and_candidates():
+    m = canonical.canonicalize(models.cnn())
+    spec = prune.parse_prune("0.5")
+    cands = prune.candidates(m, spec)
+    res = prune.prune(m, spec, skip=cands[:1])
+    assert cands[0] not in res.layers and set(res.layers) == set(cands[1:])
+
+
+def test_pruned_model_runs_on_calibration_samples():
+    m = canonical.canonicalize(models.cnn())
+    ins, _ = canonical.io_specs(m)
+    for text in ("0.5", "2:4", "channels:0.5"):
+        res = prune.prune(m, text)
+        for f in calibration.samples(calibration.synthetic(ins, 3), ins):
+            out = _run(res.model, f)[0]
+            assert out.shape == (1, 10) and np.isfinite(out).all()
+            np.testing.assert_allclose(out.sum(), 1.0, atol=1e-5)     # still a softmax

@@ -1,0 +1,98 @@
+"""Quantization through onnxruntime.quantization: every produced file runs in onnxruntime, compared with fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit.converters import calibration, canonical, quantize
+from edgekit.errors import InputError
+
+import models
+
+
+def _canon(model, tmp_path, name):
+    m = canonical.canonicalize(model)
+    p = tmp_path / f"{name}.onnx"
+    onnx.save(m, str(p))
+    return p, canonical.io_specs(m)[0]
+
+
+def _cos(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("name,builder", [("cnn", models.cnn), ("mlp", models.mlp), ("bert", models.bert_block)])
+@pytest.mark.parametrize("precision,min_cos", [("fp16", 0.9999), ("int8-dynamic", 0.985), ("int8", 0.985)])
+def test_variant_matches_fp32(tmp_path, name, builder, precision, min_cos):
+    src, ins = _canon(builder(), tmp_path, name)
+    cal = calibration.synthetic(ins, n=32, seed=1)
+    cal_part, hold = calibration.split(cal)
+    dst = quantize.quantize(src, tmp_path / f"{name}-{precision}.onnx", precision, cal_part, ins)
+    feeds = calibration.samples(hold, ins)
+    ref = [models.ort_reference(src, f) for f in feeds]
+    got = [models.ort_reference(dst, f) for f in feeds]
+    cos = []
+    for r, g in zip(ref, got):
+        (k, rv), = r.items()
+        assert g[k].dtype == np.float32                    # I/O stays fp32 for every precision
+        cos.append(_cos(rv, g[k]))
+    # tolerance: mean cosine vs fp32 over held-out samples; per sample >= 0.95 (8-bit on 16-wide layers)
+    assert np.mean(cos) >= min_cos and min(cos) >= 0.95, (precision, cos)
+    if precision == "fp16":
+        for r, g in zip(ref, got):
+            (k, rv), = r.items()
+            assert np.abs(rv - g[k]).max() <= 5e-3        # fp16 rounding on O(1) activations
+
+
+def test_static_int8_is_qdq_per_channel(tmp_path):
+    src, ins = _canon(models.cnn(), tmp_path, "cnn")
+    dst = quantize.static_int8(src, tmp_path / "q.onnx", calibration.synthetic(ins, 8), ins)
+    m = onnx.load(str(dst))
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {i.name: i for i in m.graph.initializer}
+    # the first Conv's weight is dequantized with one scale per output channel (8)
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    deq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == conv.input[1])
+    assert list(inits[deq.input[1]].dims) == [8]
+    assert (tmp_path / "q.onnx").stat().st_size < src.stat().st_size
+
+
+def test_keep_float_leaves_node_unquantized(tmp_path):
+    src, ins = _canon(models.cnn(), tmp_path, "cnn")
+    m0 = onnx.load(str(src))
+    conv0 = next(n.name for n in m0.graph.node if n.op_type == "Conv")
+    dst = quantize.static_int8(src, tmp_path / "q.onnx", calibration.synthetic(ins, 8), ins, keep_float=[conv0])
+    m = onnx.load(str(dst))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv" and n.name == conv0)
+    assert conv.input[1] == "c1w"        # weight still the float initializer, no DequantizeLinear in front
+    dq = quantize.to_fp16(src, tmp_path / "h.onnx", keep_float=[conv0])
+    inits = {i.name: i.data_type for i in onnx.load(str(dq)).graph.initializer}
+    assert inits["c1w"] == onnx.TensorProto.FLOAT and inits["c2w"] == onnx.TensorProto.FLOAT16
+
+
+def test_static_int8_without_calibration_names_the_flag(tmp_path):
+    src, ins = _canon(models.cnn(), tmp_path, "cnn")
+    with pytest.raises(InputError, match="--calibration"):
+        quantize.quantize(src, tmp_path / "q.onnx", "int8", None, ins)
+
+
+def test_bad_precision_and_method(tmp_path):
+    src, ins = _canon(models.cnn(), tmp_path, "cnn")
+    with pytest.raises(InputError, match="int4"):
+        quantize.check_precision("int4")
+    with pytest.raises(InputError, match="calibration method"):
+        quantize.static_int8(src, tmp_path / "q.onnx", calibration.synthetic(ins, 4), ins, method="magic")
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods(tmp_path, method):
+    src, ins = _canon(models.cnn(), tmp_path, "cnn")
+    cal = calibration.synthetic(ins, 16)
+    dst = quantize.static_int8(src, tmp_path / f"{method}.onnx", cal, ins, method=method)
+    f = calibration.samples(cal, ins)[0]
+    (k, r), = models.ort_reference(src, f).items()
+    assert _cos(r, models.ort_reference(dst, f)[k]) >= 0.98     # looser: histogram methods clip outliers
