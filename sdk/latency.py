@@ -8,7 +8,9 @@ learns a *correction* from its trial runs and probes: how far its latency strays
 
 Prediction of a variant's tail latency: for the variant in use, the ``quantile`` of its samples since it was
 chosen (once there are ``min_samples``; before that, the larger of its scaled profile and the median of
-its samples so far); for any other, its profiled tail x load factor x correction.
+its samples so far); for any other, its profiled median x load factor x correction, plus the device's
+current tail excess (quantile minus median of the variant in use: preemption adds time, it does not
+multiply it).
 
 Choice: the most accurate variant whose predicted tail fits the budget. Moving *down* (to a faster variant)
 is immediate once the current one is predicted to miss, or after two misses in a row. Moving *up* needs a
@@ -110,8 +112,22 @@ class LatencyModel:
         """How much slower ``vid`` runs than the load factor alone predicts (learned from its trials)."""
         return math.exp(self.log_corr[vid])
 
+    def jitter(self) -> float:
+        """The device's current tail excess (ms): quantile minus median of the variant in use.
+
+        Preemption and interrupts add time rather than multiply it, so a variant's tail is predicted as its
+        scaled median plus this excess. Before the variant in use has ``min_samples`` samples, the profile's
+        smallest tail excess is used.
+        """
+        cur = self.current
+        if cur is not None:
+            own = self.windows[cur].fresh(self.calls, self.calls - self._switched_at)
+            if len(own) >= self.min_samples:
+                return max(float(np.quantile(own, self.quantile) - np.median(own)), 0.0)
+        return min(self.base_tail[v] - self.base_p50[v] for v in self.order)
+
     def _scaled(self, vid: str) -> float:
-        return self.base_tail[vid] * self.load_factor() * self.correction(vid)
+        return self.base_p50[vid] * self.load_factor() * self.correction(vid) + self.jitter()
 
     def predict(self, vid: str) -> float:
         """Predicted tail latency (ms) of ``vid`` at the current load."""
