@@ -164,6 +164,38 @@ for _onnx, _mil in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "real_div",
     SUPPORTED_OPS[_onnx] = _binary(_mil)
 
 
+for _onnx, _mil in {"And": "logical_and", "Or": "logical_or", "Xor": "logical_xor", "Equal": "equal",
+                    "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
+                    "GreaterOrEqual": "greater_equal"}.items():
+    SUPPORTED_OPS[_onnx] = _binary(_mil)
+SUPPORTED_OPS["Not"] = _unary("logical_not")
+
+
+@_op("IsNaN")
+def _isnan(c: _Ctx):
+    x = c.var(0)
+    return _mb().not_equal(x=x, y=x)  # NaN is the only value unequal to itself
+
+
+@_op("Where")
+def _where(c: _Ctx):
+    return _mb().select(cond=c.var(0), a=c.var(1), b=c.var(2))
+
+
+@_op("Expand")
+def _expand(c: _Ctx):
+    shape = c.shape(0)
+    if not all(isinstance(d, (int, np.integer)) for d in shape):
+        raise c.unsupported("Expand of a tensor with symbolic dims")
+    target = np.broadcast_shapes(tuple(int(d) for d in shape), tuple(int(d) for d in c.val(1, "shape")))
+    x = c.var(0)
+    if len(target) > len(shape):
+        x = _mb().reshape(x=x, shape=np.array((1,) * (len(target) - len(shape)) + tuple(shape), np.int32))
+    xs = (1,) * (len(target) - len(shape)) + tuple(int(d) for d in shape)
+    reps = [t // s for t, s in zip(target, xs)]
+    return x if all(r == 1 for r in reps) else _mb().tile(x=x, reps=reps)
+
+
 @_op("Max", "Min", "Sum", "Mean")
 def _variadic(c: _Ctx):
     mb = _mb()
@@ -437,6 +469,8 @@ def _concat(c: _Ctx):
 
 @_op("Gather")
 def _gather(c: _Ctx):
+    from coremltools.converters.mil.mil import types
+
     mb = _mb()
     idx = c.node.input[1]
     if idx in c.consts:
@@ -445,7 +479,11 @@ def _gather(c: _Ctx):
             indices = np.where(indices < 0, indices + c.shape(0)[int(c.attr("axis", 0))], indices)
     else:
         indices = c.var(1)
-    return mb.gather(x=c.var(0), indices=indices, axis=int(c.attr("axis", 0)))
+    x = c.var(0)
+    if x.dtype == types.bool:  # MIL gather takes no bool tensors: gather int32 and cast back
+        return mb.cast(x=mb.gather(x=mb.cast(x=x, dtype="int32"), indices=indices, axis=int(c.attr("axis", 0))),
+                       dtype="bool")
+    return mb.gather(x=x, indices=indices, axis=int(c.attr("axis", 0)))
 
 
 @_op("Cast")
