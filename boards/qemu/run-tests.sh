@@ -47,7 +47,10 @@ quiet() { "$@" >"$WORK/step.log" 2>&1 || { cat "$WORK/step.log" >&2; echo "FAILE
 
 # ---------------------------------------------------------------- 2. sysroot
 CODENAME=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
-SYSROOT_KEY=$(printf '%s\n' "$CODENAME" "$QEMU_CPU" | key "$HERE/run-tests.sh" "$HERE/cpuinfo-cortex-a72" -)
+# the cache keys: everything that decides what goes in (bump RECIPE when changing how it is built)
+ROOT_PKGS=(python3.11:arm64 libstdc++6:arm64 libgomp1:arm64)
+RECIPE=1
+SYSROOT_KEY=$(printf '%s\n' "$RECIPE" "$CODENAME" "${ROOT_PKGS[@]}" | key "$HERE/cpuinfo-cortex-a72" -)
 SYSROOT="$CACHE/sysroot-$CODENAME-$SYSROOT_KEY"
 if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     log "building the arm64 sysroot ($SYSROOT)"
@@ -59,7 +62,7 @@ if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     rm -rf "$TMP"; mkdir -p "$TMP/debs" "$TMP/root"
     # the arm64 closure of python3.11, plus the C++ runtime the wheels link against
     mapfile -t PKGS < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
-            --no-replaces --no-enhances python3.11:arm64 libstdc++6:arm64 libgomp1:arm64 2>/dev/null \
+            --no-replaces --no-enhances "${ROOT_PKGS[@]}" 2>/dev/null \
         | grep -E '^[a-z0-9].*:arm64$' | grep -vE '^(dpkg|tar|install-info|perl.*|libperl.*):' | sort -u)
     log "downloading ${#PKGS[@]} arm64 packages"
     (cd "$TMP/debs" && apt-get download -qq "${PKGS[@]}" >"$TMP/apt.log" 2>&1) || { cat "$TMP/apt.log" >&2; exit 1; }
@@ -77,7 +80,7 @@ GUEST=(qemu-aarch64 -cpu "$QEMU_CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11"
     || { echo "FAILED: the arm64 python does not start under qemu-aarch64"; exit 1; }
 
 # ---------------------------------------------------------------- 3. aarch64 wheels
-SITE_KEY=$(printf '%s\n' "${WHEELS[@]}" | key "$HERE/run-tests.sh" -)
+SITE_KEY=$(printf '%s\n' "$RECIPE" "${WHEELS[@]}" | key -)
 SITE="$CACHE/site-py311-$SITE_KEY"
 if [ ! -f "$SITE/.complete" ]; then
     log "installing aarch64 wheels: ${WHEELS[*]}"
