@@ -1,7 +1,7 @@
 """Runs INSIDE the onnx2tf tool environment (numpy 1, TensorFlow 2.19): ONNX -> SavedModel -> .tflite.
 
 Not imported by edgekit. Invoked as ``python _tflite_worker.py JOB.json``; the job names the ONNX copy,
-the output file, the precision, the inputs to keep in NCHW, and an optional calibration ``.npz``.
+the targets (precision, output file), the inputs to keep in NCHW, and an optional calibration ``.npz``.
 Progress goes to stdout as ``EDGEKIT-STAGE <name>`` lines (onnx2tf's own per-node lines pass through);
 ops onnx2tf has no handler for are reported as ``EDGEKIT-UNSUPPORTED <node> <op_type>`` with exit status 3.
 """
@@ -87,11 +87,10 @@ def representative(job: dict, signature):
     return gen
 
 
-def to_tflite(job: dict, saved_model: str) -> dict:
+def to_tflite(job: dict, saved_model: str, precision: str, out: str) -> dict:
     import tensorflow as tf
 
-    precision = job["precision"]
-    info = {"precision": precision}
+    info = {"precision": precision, "out": out}
 
     def make():
         conv = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -123,7 +122,7 @@ def to_tflite(job: dict, saved_model: str) -> dict:
         blob = conv.convert()
         info["float_fallback"] = True
     blob, info["io_order_fixed"] = keep_io_order(blob, job["input_names"], job.get("output_names") or [])
-    with open(job["out"], "wb") as f:
+    with open(out, "wb") as f:
         f.write(blob)
     return info
 
@@ -180,8 +179,9 @@ def main() -> int:
         print("EDGEKIT-NOTE reusing the SavedModel of an earlier export of this source", flush=True)
     else:
         saved = to_saved_model(job)
-    info = to_tflite(job, saved)
-    print("EDGEKIT-RESULT " + json.dumps(info), flush=True)
+    for target in job["targets"]:  # one TF start-up and one onnx2tf run for every precision asked
+        info = to_tflite(job, saved, target["precision"], target["out"])
+        print("EDGEKIT-RESULT " + json.dumps(info), flush=True)
     return 0
 
 

@@ -22,15 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from edgekit._fs import atomic_file
+from edgekit._fs import atomic_file, check_writable
 from edgekit.errors import ConversionError, EdgekitError, InputError, UnsupportedOpError
 
 from . import register_exporter, toolenv
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 _WORKER = Path(__file__).with_name("_tflite_worker.py")
-#: stages the worker reports, in order (for the progress bar)
-_STAGES = ("check-ops", "onnx2tf", "tflite", "verify")
 
 
 def _check_precision(precision: str, calibration: dict | None) -> None:
@@ -224,10 +222,10 @@ def verify_tflite(path: Path, onnx_path: Path) -> None:
 class _Progress:
     """A tqdm bar over the conversion stages, refined by onnx2tf's per-node lines."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, total: int):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=len(_STAGES), desc=f"tflite {name}", unit="step", file=sys.stderr, leave=False)
+        self.bar = tqdm(total=total, desc=f"tflite {name}", unit="step", file=sys.stderr, leave=False)
         self.unsupported: list[tuple[str, str]] = []
         self.errors: list[str] = []
         self.result: dict = {}
@@ -243,7 +241,8 @@ class _Progress:
             _, node, op = text.split(" ", 2)
             self.unsupported.append((node, op))
         elif text.startswith("EDGEKIT-RESULT "):
-            self.result = json.loads(text.split(" ", 1)[1])
+            info = json.loads(text.split(" ", 1)[1])
+            self.result[info["precision"]] = info
         elif text.startswith("EDGEKIT-ERROR "):
             self.errors.append(text.split(" ", 1)[1])
         else:
@@ -305,24 +304,35 @@ class TFLiteExporter:
     def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
                **options: Any) -> Path:
         """Convert ``onnx_path`` to ``out_path`` at ``precision``. Options: force, keep_nchw, timeout."""
+        return self.export_all(onnx_path, {precision: out_path}, calibration, **options)[precision]
+
+    def export_all(self, onnx_path: Path, outputs: dict[str, Path], calibration: dict | None = None,
+                   **options: Any) -> dict[str, Path]:
+        """Convert to several precisions (precision -> output path) with one onnx2tf run and one TF start-up."""
         force = bool(options.pop("force", False))
         keep_nchw = options.pop("keep_nchw", True)
         timeout = options.pop("timeout", 1800)
         if options:
             raise InputError(f"unknown option(s) for the TFLite exporter: {', '.join(sorted(options))}")
-        _check_precision(precision, calibration)
-        onnx_path, out_path = Path(onnx_path), Path(out_path)
+        if not outputs:
+            raise InputError("no TFLite precision to export")
+        outputs = {p: Path(o) for p, o in outputs.items()}
+        for precision, out in outputs.items():
+            _check_precision(precision, calibration)
+            check_writable(out, force)  # fail before minutes of conversion, not after
+        onnx_path = Path(onnx_path)
         with tempfile.TemporaryDirectory(prefix="edgekit-tflite-") as tmp:
             work = Path(tmp)
             facts = prepare_onnx(onnx_path, work / "model.onnx")
             job = {
-                "onnx": str(work / "model.onnx"), "workdir": str(work), "out": str(work / "model.tflite"),
-                "precision": precision, "input_names": facts["input_names"], "output_names": facts["output_names"],
+                "onnx": str(work / "model.onnx"), "workdir": str(work),
+                "targets": [{"precision": p, "out": str(work / f"model-{p}.tflite")} for p in outputs],
+                "input_names": facts["input_names"], "output_names": facts["output_names"],
                 "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
                 if keep_nchw else [],
                 "pseudo_ops": ["Erf"] if facts["erf_left"] else [],
             }
-            if precision == "int8":
+            if "int8" in outputs:
                 missing = [n for n in facts["input_names"] if n not in calibration]
                 if missing:
                     raise InputError(f"calibration data lacks input(s) {', '.join(missing)}; "
@@ -332,22 +342,29 @@ class TFLiteExporter:
             job["saved_model"] = str(_saved_model_dir(work / "model.onnx", job))
             (work / "job.json").write_text(json.dumps(job))
             shutil.copy(_WORKER, work / _WORKER.name)
-            progress = _Progress(onnx_path.stem)
+            progress = _Progress(onnx_path.stem, total=2 + len(outputs))
             try:
                 code, output = toolenv.run_tool(toolenv.ONNX2TF, [str(work / _WORKER.name), str(work / "job.json")],
                                                 cwd=work, timeout=timeout, on_line=progress.line)
+                if progress.unsupported:
+                    nodes = ", ".join(f"{n} ({op})" for n, op in progress.unsupported)
+                    raise UnsupportedOpError(
+                        f"{onnx_path.name}: TFLite export (onnx2tf) cannot convert node(s) {nodes}")
+                for target in job["targets"]:
+                    if code != 0 or not Path(target["out"]).is_file():
+                        detail = "; ".join(progress.errors) or _failure_detail(output)
+                        raise ConversionError(
+                            f"{onnx_path.name}: TFLite {target['precision']} export failed: {detail}")
+                progress.bar.set_postfix_str("verify in LiteRT")
+                for target in job["targets"]:
+                    verify_tflite(Path(target["out"]), onnx_path)
+                progress.bar.update(1)
             finally:
                 progress.close()
-            if progress.unsupported:
-                nodes = ", ".join(f"{n} ({op})" for n, op in progress.unsupported)
-                raise UnsupportedOpError(f"{onnx_path.name}: TFLite export (onnx2tf) cannot convert node(s) {nodes}")
-            if code != 0 or not (work / "model.tflite").is_file():
-                detail = "; ".join(progress.errors) or _failure_detail(output)
-                raise ConversionError(f"{onnx_path.name}: TFLite {precision} export failed: {detail}")
-            verify_tflite(work / "model.tflite", onnx_path)
-            with atomic_file(out_path, force=force) as tmp_out:
-                shutil.copyfile(work / "model.tflite", tmp_out)
-        return out_path
+            for target in job["targets"]:
+                with atomic_file(outputs[target["precision"]], force=force) as tmp_out:
+                    shutil.copyfile(target["out"], tmp_out)
+        return outputs
 
 
 def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
