@@ -79,6 +79,20 @@ def test_piapp_loop_matches_host(fixtures, tmp_path):
             assert got_scores[idx] == pytest.approx(ref_scores[idx], abs=ATOL)
 
 
+def test_piapp_budgeted_bundle(fixtures, tmp_path):
+    """With --budget-ms a bundle runs as a budgeted session: every line names the variant that ran."""
+    from edgekit.apps import piapp
+
+    out = tmp_path / "budget.jsonl"
+    assert piapp.main(["--model", str(fixtures / "cnn.bundle"), "--frames", str(fixtures / "frames"),
+                       "--jsonl", str(out), "--budget-ms", "1000"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    ref = [json.loads(x) for x in (fixtures / "ref_piapp.jsonl").read_text().splitlines()]
+    assert len(got) == 4 and all(r["variant"] == "onnx-fp32" for r in got)
+    for g, r in zip(got, ref):
+        assert g["top"][0]["score"] == pytest.approx(r["top"][0]["score"], abs=ATOL)
+
+
 def _tied(a: dict, b: dict) -> bool:
     """Top-k sets may differ only by classes whose scores tie within the tolerance."""
     return abs(min(a.values()) - min(b.values())) <= ATOL
@@ -91,6 +105,12 @@ def test_board_detected_as_rpi4():
 
     prof = boards.detect()
     assert prof.name == "rpi4" and prof.cpu == "Cortex-A72"
+    from edgekit.commands.doctor import diagnose
+
+    rep = diagnose()
+    assert rep["board"]["name"] == "rpi4" and rep["machine"] == "aarch64"
+    usable = {r["name"] for r in rep["backends"] if r["available"]}
+    assert "onnxruntime" in usable
 
 
 def test_runtime_only_site():
