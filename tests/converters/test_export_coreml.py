@@ -274,3 +274,31 @@ def test_predict_on_macos(packages, sources):
         got = predict(packages[(model, "fp16")], feeds)
         for k in ref:
             _close(ref[k], got[k], "fp16")
+
+
+def test_attention_mask_ops(exporter, tmp_path):
+    """The mask logic of exported HF BERT graphs: Gather on bool, And, Equal, Expand, Where, IsNaN."""
+    n = helper.make_node
+    inits = [numpy_helper.from_array(np.array([1, 4], np.int64), "shape"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([1, 0], np.int64), "idx"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "neg")]
+    nodes = [n("Cast", ["mask"], ["mb"], to=TensorProto.BOOL), n("Equal", ["ids", "zero"], ["pad"]),
+             n("Not", ["pad"], ["notpad"]), n("And", ["mb", "notpad"], ["keep"]),
+             n("Gather", ["keep", "idx"], ["keep2"], axis=0), n("Expand", ["keep2", "shape"], ["kx"]),
+             n("Where", ["kx", "x", "neg"], ["masked"]), n("Softmax", ["masked"], ["p"], axis=-1),
+             n("IsNaN", ["p"], ["nan"]), n("Where", ["nan", "neg", "p"], ["y"])]
+    g = helper.make_graph(nodes, "mask",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 4]),
+                           helper.make_tensor_value_info("mask", TensorProto.INT64, [2, 4]),
+                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    src = models.save(m, tmp_path / "mask.onnx")
+    pkg = exporter.export(src, tmp_path / "mask.mlpackage", "fp32")
+    rng = np.random.default_rng(0)
+    feeds = {"ids": np.array([[5, 0, 7, 0], [3, 3, 0, 9]], np.int64), "mask": np.array([[1, 1, 1, 0], [1, 0, 1, 1]]),
+             "x": rng.standard_normal((2, 4)).astype(np.float32)}
+    _close(models.ort_reference(src, feeds)["y"], exporter.evaluate(pkg, feeds)["y"], "fp32")
