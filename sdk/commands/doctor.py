@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import platform
 import shutil
+import subprocess
 import sys
 
 from edgekit import __version__, boards
@@ -32,7 +33,22 @@ OPTIONAL = (
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check which runtimes, delegates and extras work here, and the board")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--deep", action="store_true",
+                   help="also import every installed optional module (in a subprocess) to catch broken installs")
     p.set_defaults(func=run)
+
+
+def check_import(module: str, timeout: float = 300) -> str | None:
+    """Import ``module`` in a fresh interpreter: None when it works, else the error's last line."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"import {module} took more than {timeout:.0f} s"
+    if proc.returncode == 0:
+        return None
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    return lines[-1] if lines else f"import {module} exited with status {proc.returncode}"
 
 
 def _hint(pkg: str) -> str:
@@ -56,15 +72,18 @@ def delegates(available: set[str]) -> list[dict]:
     return rows
 
 
-def diagnose() -> dict:
-    """Everything ``doctor`` reports, as a dict."""
+def diagnose(deep: bool = False) -> dict:
+    """Everything ``doctor`` reports, as a dict; ``deep`` imports each installed optional module."""
     rows = backends()
     usable = {r["name"] for r in rows if r["available"]}
     board = boards.host_profile()
     mods = []
     for mod, pkg, purpose in OPTIONAL:
         present = importlib.util.find_spec(mod) is not None
-        mods.append({"module": mod, "installed": present, "for": purpose, "install": None if present else _hint(pkg)})
+        row = {"module": mod, "installed": present, "for": purpose, "install": None if present else _hint(pkg)}
+        if deep and present:
+            row["import_error"] = check_import(mod)
+        mods.append(row)
     compilers = []
     for prof in boards.profiles():
         if prof.cross_compiler and prof.cross_compiler not in [c["compiler"] for c in compilers]:
@@ -81,6 +100,8 @@ def diagnose() -> dict:
         if rt not in usable and rt in {r["name"] for r in rows}:
             todo.append(f"board {board.name} prefers runtime {rt}, which is not usable here")
     todo += [f"{m['module']} ({m['for']}): {m['install']}" for m in mods if not m["installed"]]
+    todo += [f"{m['module']} is installed but does not import: {m['import_error']} (reinstall: "
+             f"{_hint(pkg)})" for m, (_, pkg, _) in zip(mods, OPTIONAL) if m.get("import_error")]
     todo += [f"{c['compiler']} (TVM cross-compiling for aarch64 boards): {c['install']}" for c in compilers
              if not c["found"]]
     return {
@@ -93,7 +114,7 @@ def diagnose() -> dict:
 
 
 def run(args) -> int:
-    rep = diagnose()
+    rep = diagnose(deep=args.deep)
     if args.json:
         print_json(rep)
         return 0 if rep["ok"] else 1
@@ -105,7 +126,9 @@ def run(args) -> int:
     print()
     print(table(rep["delegates"]))
     print()
-    print(table([{"module": m["module"], "installed": m["installed"], "for": m["for"]} for m in rep["modules"]]))
+    print(table([{"module": m["module"], "installed": m["installed"], "for": m["for"]}
+                 | ({"imports": m["installed"] and not m.get("import_error")} if args.deep else {})
+                 for m in rep["modules"]]))
     print()
     if rep["missing"]:
         print("to install or fix:")

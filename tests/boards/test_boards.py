@@ -168,3 +168,27 @@ def test_cli_doctor(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "board: " in out and "onnxruntime" in out
+
+
+def test_tvm_accepts_every_target():
+    """TVM parses each profile's target, and its derived ISA features agree with the profile's."""
+    tvm = pytest.importorskip("tvm")
+    for p in boards.profiles():
+        target = tvm.target.Target(dict(p.tvm_target))
+        assert str(target.kind) == "llvm"
+        if p.arch in ("aarch64", "arm64"):
+            assert bool(target.attrs["feature.has_dotprod"]) == p.has("dotprod"), p.name
+            assert bool(target.attrs["feature.has_asimd"]) == p.has("neon"), p.name
+        for acc in p.accelerators:
+            if acc.get("tvm_target"):
+                assert str(tvm.target.Target(dict(acc["tvm_target"])).kind) == acc["tvm_target"]["kind"]
+
+
+def test_doctor_check_import_catches_broken_installs(tmp_path, monkeypatch):
+    from edgekit.commands.doctor import check_import
+
+    (tmp_path / "edgekit_broken_mod.py").write_text("from typing_extensions import no_such_name\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    err = check_import("edgekit_broken_mod")
+    assert err is not None and err.startswith("ImportError") and "no_such_name" in err
+    assert check_import("json") is None
