@@ -63,7 +63,7 @@ def _time(sess, feeds, n: int) -> np.ndarray:
     return out
 
 
-def build_bundle(out: Path, d_in: int, hidden: int, rows: int) -> dict:
+def build_bundle(out: Path, d_in: int, hidden: int, rows: int, pruned_ratio: float = 0.85) -> dict:
     """Write the fp32 / int8 / pruned bundle; returns the variants' accuracies."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -88,14 +88,14 @@ def build_bundle(out: Path, d_in: int, hidden: int, rows: int) -> dict:
     x = rng.standard_normal((rows, d_in)).astype(np.float32)
     s8 = _ort(q8)
     t8 = float(np.median(_time(s8, {"x": x}, 60)))
-    # the pruned variant: the most hidden units whose median latency stays under 0.85x the int8 variant's
-    keep = 16
-    for k in (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024):
-        if k >= hidden:
-            break
+    # the pruned variant: the most hidden units (in steps of hidden/32) whose median latency stays under
+    # ``pruned_ratio`` x the int8 variant's, so that it is the fastest variant but not by far
+    step = max(hidden // 32, 1)
+    keep = step
+    for k in range(step, hidden, step):
         p = work / f"pruned{k}.onnx"
         onnx.save(mlp_from_weights(w1[:, :k], b1[:k], w2[:k] * np.sqrt(hidden / k), b2), str(p))
-        if float(np.median(_time(_ort(p), {"x": x}, 60))) > 0.85 * t8:
+        if float(np.median(_time(_ort(p), {"x": x}, 30))) > pruned_ratio * t8:
             break
         keep = k
     pruned = work / "pruned.onnx"
@@ -120,7 +120,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=3000, help="calls per policy")
     ap.add_argument("--d-in", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--rows", type=int, default=16, help="rows per call")
+    ap.add_argument("--rows", type=int, default=128, help="rows per call")
+    ap.add_argument("--pruned-ratio", type=float, default=0.85,
+                    help="size the pruned variant to this share of the int8 variant's median latency")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads; the process is pinned to this "
                     "many cores")
     ap.add_argument("--contention", choices=["same-core", "other-core", "none"], default="same-core",
@@ -145,7 +147,7 @@ def main() -> int:
     burn_core = {"same-core": my_core, "other-core": other, "none": None}[args.contention]
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-budget-bench-"))
     os.environ.setdefault("EDGEKIT_CACHE_DIR", str(tmp / "cache"))
-    info = build_bundle(tmp / "mlp.bundle", args.d_in, args.hidden, args.rows)
+    info = build_bundle(tmp / "mlp.bundle", args.d_in, args.hidden, args.rows, args.pruned_ratio)
     acc = info["accuracy"]
     bundle = edgekit.Bundle(tmp / "mlp.bundle")
     x = np.random.default_rng(1).standard_normal((args.rows, args.d_in)).astype(np.float32)

@@ -127,7 +127,10 @@ class LatencyModel:
         return min(self.base_tail[v] - self.base_p50[v] for v in self.order)
 
     def _scaled(self, vid: str) -> float:
-        return self.base_p50[vid] * self.load_factor() * self.correction(vid) + self.jitter()
+        median = self.base_p50[vid] * self.load_factor() * self.correction(vid)
+        # the excess is capped at the median itself: right after a change of load the window of the variant in
+        # use mixes two levels, and that step is not jitter
+        return median + min(self.jitter(), median)
 
     def predict(self, vid: str) -> float:
         """Predicted tail latency (ms) of ``vid`` at the current load."""
@@ -198,9 +201,11 @@ class LatencyModel:
                           and self.switches > 0)
         if trial and self._ratios:  # learn how far this variant strays from uniform scaling
             seen = math.log(max(latency_ms, 1e-6) / (self.base_p50[vid] * self.load_factor()))
-            self.log_corr[vid] += self.learn_rate * (seen - self.log_corr[vid])
-        for v in self.order:  # corrections fade back towards 1 unless renewed
-            self.log_corr[v] *= 1.0 - 1.0 / self.horizon
+            # slower than thought: believe it at once (a miss is expensive); faster: move halfway
+            rate = 1.0 if seen > self.log_corr[vid] else self.learn_rate
+            self.log_corr[vid] += rate * (seen - self.log_corr[vid])
+        for v in self.order:  # corrections fade back towards 1 unless renewed (over a few horizons)
+            self.log_corr[v] *= 1.0 - 1.0 / (4 * self.horizon)
         self.windows[vid].add(self.calls, latency_ms)
         self._ratios.append(latency_ms / (self.base_p50[vid] * self.correction(vid)))
         self.calls += 1
