@@ -64,6 +64,11 @@ if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     mapfile -t PKGS < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
             --no-replaces --no-enhances "${ROOT_PKGS[@]}" 2>/dev/null \
         | grep -E '^[a-z0-9].*:arm64$' | grep -vE '^(dpkg|tar|install-info|perl.*|libperl.*):' | sort -u)
+    if [ "${#PKGS[@]}" -lt 10 ]; then
+        echo "FAILED: apt knows no arm64 python3.11 closure (got ${#PKGS[@]} packages): the sysroot recipe" \
+             "needs Debian 12 (bookworm) apt sources with the arm64 architecture" >&2
+        exit 1
+    fi
     log "downloading ${#PKGS[@]} arm64 packages"
     (cd "$TMP/debs" && apt-get download -qq "${PKGS[@]}" >"$TMP/apt.log" 2>&1) || { cat "$TMP/apt.log" >&2; exit 1; }
     for deb in "$TMP"/debs/*.deb; do dpkg -x "$deb" "$TMP/root"; done
