@@ -175,6 +175,8 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
     mod = _to_relax(model, shapes)
     tdict = target if isinstance(target, dict) else {"kind": str(target)}
     apple = "apple" in str(tdict.get("mtriple", "")) or tdict.get("kind") == "metal"
+    if tune_trials > 0 and tdict.get("kind") == "llvm" and "num-cores" not in tdict:
+        target = tdict = {**tdict, "num-cores": os.cpu_count() or 1}  # MetaSchedule needs the core count
     try:
         if tune_trials > 0:
             mod = _tune(mod, tdict, model.SerializeToString(), tune_trials, log)

@@ -118,3 +118,36 @@ def ort_reference(path: Path, feeds: dict) -> dict:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
+
+
+def cumsum_model(seed: int = 0):
+    """x[1,4,8] -> MatMul -> CumSum(axis 1) -> Relu -> MatMul -> y (CumSum: in neither TFLite's nor Core ML's table)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.3).astype(np.float32), "W1"),
+             numpy_helper.from_array((rng.standard_normal((8, 6)) * 0.3).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array(1, np.int64), "axis")]
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W1"], ["h"]), n("CumSum", ["h", "axis"], ["c"]), n("Relu", ["c"], ["r"]),
+             n("MatMul", ["r", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "cumsum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6])], inits)
+    return _model(g)
+
+
+def celu_model():
+    """x[2,5] -> Celu -> Add: ONNX Runtime runs Celu, TVM's ONNX frontend has no converter for it."""
+    n = helper.make_node
+    nodes = [n("Celu", ["x"], ["c"], alpha=1.0), n("Add", ["c", "x"], ["y"])]
+    g = helper.make_graph(nodes, "celu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
+    return _model(g)
+
+
+def branches_model():
+    """Two parallel Softmax branches joined by Add: forcing Softmax must give ONE fallback segment."""
+    n = helper.make_node
+    nodes = [n("Relu", ["x"], ["a"]), n("Neg", ["x"], ["b"]), n("Softmax", ["a"], ["sa"], axis=-1),
+             n("Softmax", ["b"], ["sb"], axis=-1), n("Add", ["sa", "sb"], ["y"])]
+    g = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 7])])
+    return _model(g)

@@ -8,5 +8,6 @@ COMMANDS = (
     "convert",
     "boards",
     "doctor",
+    "compile",
     "plan",
 )
