@@ -51,20 +51,23 @@ def _target(name: str):
 
 
 def _compress(mlmodel, precision: str, palettize: int | None, granularity: str, weight_threshold: int,
-              mode: str = "linear"):
-    """Weight compression of an fp16/fp32 ML program (coremltools.optimize.coreml)."""
+              mode: str = "linear", skip: frozenset[str] = frozenset()):
+    """Weight compression of an fp16/fp32 ML program (coremltools.optimize.coreml); ``skip``: const names
+    kept in float."""
     import coremltools.optimize.coreml as cto
+
+    keep = {name: None for name in skip} or None
 
     if palettize:
         if palettize not in (1, 2, 3, 4, 6, 8):
             raise InputError(f"palettize must be one of 1, 2, 3, 4, 6, 8 bits, got {palettize}")
         require("sklearn", "apps", "k-means palettization")
         cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
-            mode="kmeans", nbits=palettize, weight_threshold=weight_threshold))
+            mode="kmeans", nbits=palettize, weight_threshold=weight_threshold), op_name_configs=keep)
         mlmodel = cto.palettize_weights(mlmodel, cfg)
     if precision in ("int8", "int8-dynamic"):
         cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
-            mode=mode, dtype="int8", granularity=granularity, weight_threshold=weight_threshold))
+            mode=mode, dtype="int8", granularity=granularity, weight_threshold=weight_threshold), op_name_configs=keep)
         mlmodel = cto.linear_quantize_weights(mlmodel, cfg)
     return mlmodel
 
@@ -139,11 +142,12 @@ class CoreMLExporter:
         return None
 
     def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
-               **options: Any) -> Path:
+               keep_float: list[str] | None = None, **options: Any) -> Path:
         """Write ``out_path`` (.mlpackage). Options: ``input_shapes`` {name: dims} to pin dynamic dims,
         ``deployment_target`` (default "iOS16"), ``palettize`` (bits), ``granularity`` ("per_channel"),
         ``weight_threshold`` (smallest weight compressed, elements), ``int8_mode`` ("linear": per-channel
         asymmetric, the default, cosine 0.998 on MiniLM-L6 vs 0.996 for "linear_symmetric"), ``force``.
+        ``keep_float``: ONNX node names whose weights stay in float (accuracy-aware retries).
         ``calibration`` is accepted for interface parity: Core ML int8 here is weight-only (activations stay fp16;
         coremltools' activation calibration runs ``predict``, which needs macOS)."""
         require("coremltools", "coreml", "Core ML export")
@@ -164,9 +168,19 @@ class CoreMLExporter:
                   for v in tr.program.functions["main"].outputs}
         mlmodel = _convert_program(tr.program, precision, options.get("deployment_target", "iOS16"))
         mlmodel = _output_shapes(mlmodel, shapes)
+        threshold = int(options.get("weight_threshold", WEIGHT_THRESHOLD))
+        skip: set[str] = set()
+        keep_float = set(keep_float or ())
+        if keep_float:
+            import coremltools.optimize.coreml as cto
+
+            for name in cto.get_weights_metadata(mlmodel, weight_threshold=threshold):
+                if keep_float & set(tr.weight_owner(name)):
+                    skip.add(name)
         mlmodel = _compress(mlmodel, precision, options.get("palettize"), options.get("granularity", "per_channel"),
-                            int(options.get("weight_threshold", WEIGHT_THRESHOLD)), options.get("int8_mode", "linear"))
-        meta = {"inputs": tr.input_names, "outputs": tr.output_names, "narrowed_inputs": tr.narrowed_inputs,
+                            threshold, options.get("int8_mode", "linear"), frozenset(skip))
+        meta = {"kept_float": sorted(skip),
+                "inputs": tr.input_names, "outputs": tr.output_names, "narrowed_inputs": tr.narrowed_inputs,
                 "precision": precision, "source": "onnx", "palettize": options.get("palettize")}
         return _save(mlmodel, out_path, meta, bool(options.get("force", False)))
 

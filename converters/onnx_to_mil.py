@@ -65,6 +65,12 @@ class MilTranslation:
     output_names: dict[str, str]           # ONNX output name -> MIL / Core ML feature name
     narrowed_inputs: dict[str, str] = field(default_factory=dict)  # ONNX input -> "int64->int32"
     op_counts: dict[str, int] = field(default_factory=dict)        # ONNX op type -> count
+    node_weights: dict[str, list[str]] = field(default_factory=dict)  # ONNX node -> MIL names of its weights
+
+    def weight_owner(self, mil_const: str) -> list[str]:
+        """ONNX nodes whose initializer a (possibly renamed: ``_T``, ``_to_fp16``) MIL weight const is."""
+        base = re.sub(r"_T\d*$", "", re.sub(r"_to_fp(16|32)$", "", mil_const))
+        return [n for n, ws in self.node_weights.items() if base in ws]
 
 
 class _Ctx:
@@ -75,6 +81,7 @@ class _Ctx:
         self.consts = consts    # ONNX name -> numpy (initializers, Constant outputs), made into Vars lazily
         self.opset = opset
         self.node = None
+        self._taken: set[str] = set()
 
     # -- inputs ---------------------------------------------------------------------------------------
     def has(self, i: int) -> bool:
@@ -116,6 +123,14 @@ class _Ctx:
                 v = helper.get_attribute_value(a)
                 return v.decode() if isinstance(v, bytes) else v
         return default
+
+    def fresh(self, base: str) -> str:
+        """A MIL name not used yet for a derived constant of ``base`` (``base_T``, ``base_T1``, ...)."""
+        name, i = f"{base}_T", 1
+        while name in self._taken:
+            name, i = f"{base}_T{i}", i + 1
+        self._taken.add(name)
+        return name
 
     def unsupported(self, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(
@@ -360,7 +375,10 @@ def _gemm(c: _Ctx):
     trans_a, trans_b = bool(c.attr("transA", 0)), bool(c.attr("transB", 0))
     b_val = c.consts.get(c.node.input[1])
     if b_val is not None and not trans_a and alpha == 1.0 and (beta == 1.0 or not c.has(2)):
-        weight = np.asarray(b_val) if trans_b else np.ascontiguousarray(np.asarray(b_val).T)
+        if trans_b:
+            weight = c.var(1)
+        else:  # named after the initializer so weight compression can find (and skip) it by ONNX node
+            weight = mb.const(val=np.ascontiguousarray(np.asarray(b_val).T), name=c.fresh(mil_name(c.node.input[1])))
         args = {}
         if c.has(2):
             bias = c.consts.get(c.node.input[2])
@@ -614,12 +632,15 @@ def translate(model, input_shapes: dict[str, list[int]] | None = None, opset_ver
 
     ctx = _Ctx({}, consts, opset)
     counts: dict[str, int] = {}
+    node_weights: dict[str, list[str]] = {}
+    initializer_names = {i.name for i in g.initializer}
     with Function(specs, opset_version) as func:
         for onnx_name, name in in_names.items():
             ctx.env[onnx_name] = func.inputs[name]
         for node in g.node:
             ctx.node = node
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            node_weights[node.name or node.output[0]] = [mil_name(i) for i in node.input if i in initializer_names]
             try:
                 res = SUPPORTED_OPS[node.op_type](ctx)
             except UnsupportedOpError:
@@ -645,4 +666,4 @@ def translate(model, input_shapes: dict[str, list[int]] | None = None, opset_ver
         func.set_outputs(outputs)
     prog = Program()
     prog.add_function("main", func)
-    return MilTranslation(prog, in_names, out_names, narrowed, counts)
+    return MilTranslation(prog, in_names, out_names, narrowed, counts, node_weights)

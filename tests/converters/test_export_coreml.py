@@ -302,3 +302,22 @@ def test_attention_mask_ops(exporter, tmp_path):
     feeds = {"ids": np.array([[5, 0, 7, 0], [3, 3, 0, 9]], np.int64), "mask": np.array([[1, 1, 1, 0], [1, 0, 1, 1]]),
              "x": rng.standard_normal((2, 4)).astype(np.float32)}
     _close(models.ort_reference(src, feeds)["y"], exporter.evaluate(pkg, feeds)["y"], "fp32")
+
+
+def test_keep_float_skips_named_nodes(exporter, sources, tmp_path):
+    """Accuracy-aware retries name ONNX nodes whose weights must stay float: those weights are not int8."""
+    src = sources["bert_block"]
+    names = [n.name or n.output[0] for n in onnx.load(str(src)).graph.node if n.op_type == "MatMul"][:2]
+    full = exporter.export(src, tmp_path / "all.mlpackage", "int8")
+    kept = exporter.export(src, tmp_path / "kept.mlpackage", "int8", keep_float=names)
+
+    def n_quant(pkg) -> int:
+        _, spec = mil_eval.load_program(pkg)
+        return sum(op.type == "constexpr_affine_dequantize" for f in spec.mlProgram.functions.values()
+                   for b in f.block_specializations.values() for op in b.operations)
+
+    assert n_quant(kept) == n_quant(full) - 2
+    assert len(mil_eval.io_metadata(mil_eval.load_program(kept)[1])["kept_float"]) == 2
+    feeds = _feeds("bert_block")
+    ref = models.ort_reference(src, feeds)["hidden"]
+    _close(ref, exporter.evaluate(kept, feeds)["hidden"], "int8")
