@@ -10,4 +10,6 @@ COMMANDS = (
     "doctor",
     "compile",
     "plan",
+    "app",
+    "demo",
 )
