@@ -93,6 +93,56 @@ def test_piapp_budgeted_bundle(fixtures, tmp_path):
         assert g["top"][0]["score"] == pytest.approx(r["top"][0]["score"], abs=ATOL)
 
 
+def test_piapp_http_and_sigterm(fixtures, tmp_path):
+    """The looping app serves /stats on 127.0.0.1 and stops cleanly on SIGTERM (sent to this process)."""
+    import signal
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from edgekit.apps import piapp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen: dict = {}
+
+    def poke() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10))
+                if stats["frames"] >= 6:
+                    seen.update(stats)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "loop.jsonl"
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    t = threading.Thread(target=poke, daemon=True)
+    t.start()
+    try:
+        rc = piapp.main(["--model", str(fixtures / "cnn.onnx"), "--frames", str(fixtures / "frames"), "--loop",
+                         "--interval-ms", "20", "--http", str(port), "--jsonl", str(out)])
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    t.join(10)
+    assert rc == 0
+    assert seen["frames"] >= 6 and seen["backend"] == "onnxruntime"
+    lines = [json.loads(x) for x in out.read_text().splitlines()]  # every line complete
+    assert len(lines) >= 6
+    ref = [json.loads(x) for x in (fixtures / "ref_piapp.jsonl").read_text().splitlines()]
+    for g in lines[:8]:  # frames repeat in order: frame i is the folder's image i % 4
+        r = ref[g["frame"] % len(ref)]
+        assert g["source"] == r["source"]
+        assert g["top"][0]["score"] == pytest.approx(r["top"][0]["score"], abs=ATOL)
+
+
 def _tied(a: dict, b: dict) -> bool:
     """Top-k sets may differ only by classes whose scores tie within the tolerance."""
     return abs(min(a.values()) - min(b.values())) <= ATOL
