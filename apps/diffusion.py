@@ -139,12 +139,16 @@ class DigitsJudge:
         from edgekit._extras import require
 
         require("sklearn", purpose="rating generated digits")
+        import warnings
+
         from sklearn.datasets import load_digits
         from sklearn.svm import SVC
 
         d = load_digits()
         self.clf = SVC(gamma=0.001, C=10.0, probability=True, random_state=seed)
-        self.clf.fit(d.data / 16.0, d.target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # sklearn >= 1.9 deprecates probability=True
+            self.clf.fit(d.data / 16.0, d.target)
         self.real_confidence = float(self.clf.predict_proba(d.data / 16.0).max(axis=1).mean())
 
     def rate(self, images: np.ndarray) -> dict:
