@@ -205,7 +205,7 @@ class LatencyModel:
             rate = 1.0 if seen > self.log_corr[vid] else self.learn_rate
             self.log_corr[vid] += rate * (seen - self.log_corr[vid])
         for v in self.order:  # corrections fade back towards 1 unless renewed (over a few horizons)
-            self.log_corr[v] *= 1.0 - 1.0 / (4 * self.horizon)
+            self.log_corr[v] *= 1.0 - 1.0 / (2 * self.horizon)
         self.windows[vid].add(self.calls, latency_ms)
         self._ratios.append(latency_ms / (self.base_p50[vid] * self.correction(vid)))
         self.calls += 1
