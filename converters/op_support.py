@@ -364,3 +364,61 @@ def unsupported_ops(model: Any, target: str, forced: Iterable[str] = ()) -> dict
     for node, why in sup.unsupported(model):
         out.setdefault(node.op_type, why)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX Runtime (full): a standard op can still lack a kernel for some dtype; ask ORT itself, once per signature.
+
+_ORT_PROBES: dict[tuple, str | None] = {}
+
+
+@constraint("onnxruntime", "*")
+def _ort_has_kernel(node: NodeInfo) -> str | None:
+    """Build the node alone and let ONNX Runtime create a session for it (cached per op/dtypes/attributes)."""
+    if any(t is None or t.dtype is None or t.shape is None for t in (*node.inputs, *node.outputs) if t is not None):
+        return None  # not enough type facts to probe: assume ORT has it
+    if node.domain not in ("", "ai.onnx") or any(isinstance(v, (list, tuple)) and v and not isinstance(
+            v[0], (int, float, str, bytes)) for v in node.attrs.values()):
+        return None
+    key = (node.op_type, node.opset, tuple((t.dtype.str, t.rank, t.constant) if t else None for t in node.inputs),
+           tuple((t.dtype.str, t.rank) if t else None for t in node.outputs), repr(sorted(node.attrs.items())))
+    if key not in _ORT_PROBES:
+        _ORT_PROBES[key] = _probe_ort(node)
+    return _ORT_PROBES[key]
+
+
+def _probe_ort(node: NodeInfo) -> str | None:
+    import onnx
+    from onnx import helper
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+
+    def vi(t: TensorInfo, name: str):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(t.dtype),
+                                             [d if isinstance(d, int) else None for d in t.shape])
+
+    ins = [f"i{k}" if t is not None else "" for k, t in enumerate(node.inputs)]
+    outs = [f"o{k}" if t is not None else "" for k, t in enumerate(node.outputs)]
+    try:
+        n = helper.make_node(node.op_type, ins, outs, **{k: v for k, v in node.attrs.items() if v is not None})
+        g = helper.make_graph([n], "probe", [vi(t, ins[k]) for k, t in enumerate(node.inputs) if t is not None],
+                              [vi(t, outs[k]) for k, t in enumerate(node.outputs) if t is not None])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", node.opset)])
+        m.ir_version = min(m.ir_version, onnx.IR_VERSION)
+        data = m.SerializeToString()
+    except Exception:  # noqa: BLE001 - cannot rebuild the node alone: no verdict
+        return None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        msg = str(exc)
+        if "NOT_IMPLEMENTED" in msg or "Could not find an implementation" in msg:
+            dtypes = ", ".join(sorted(d.name for d in node.dtypes()))
+            return f"ONNX Runtime has no {node.op_type} kernel for {dtypes}"
+    return None
