@@ -45,7 +45,7 @@ def to_saved_model(job: dict) -> str:
         rng = np.random.default_rng(0)
         np.save(SAMPLE, rng.random((20, 128, 128, 3), dtype=np.float32))
     out_dir = job.get("saved_model") or os.path.join(job["workdir"], "saved_model")
-    onnx2tf.convert(
+    model = onnx2tf.convert(
         input_onnx_file_path=job["onnx"],
         output_folder_path=out_dir,
         keep_ncw_or_nchw_or_ncdhw_input_names=job["keep_nchw"] or None,
@@ -55,7 +55,59 @@ def to_saved_model(job: dict) -> str:
         non_verbose=False,
         verbosity="info",
     )
-    return out_dir
+    layouts = getattr(model, "onnx_output_layouts", None) or {}
+    return restore_output_layout(out_dir, job, layouts)
+
+
+def restore_output_layout(saved: str, job: dict, layouts: dict) -> str:
+    """onnx2tf leaves 3-D+ outputs channel-last; transpose them back to the source's layout inside the model.
+
+    Returns the SavedModel to convert: ``saved`` itself, or a wrapper beside it whose outputs have the ONNX shapes.
+    """
+    import tensorflow as tf
+
+    wrapped = saved.rstrip("/") + "_io"
+    if os.path.isfile(os.path.join(wrapped, "saved_model.pb")):
+        return wrapped
+    want = job.get("output_shapes") or []
+    names = job.get("output_names") or []
+    imported = tf.saved_model.load(saved)
+    fn = imported.signatures["serving_default"]
+    outs = fn.structured_outputs
+    keys = sorted(outs, key=lambda k: int(k.rsplit("_", 1)[1]) if re.fullmatch(r"output_\d+", k) else 1 << 30)
+    perms = {}
+    for i, key in enumerate(keys):
+        if i >= len(want) or want[i] is None:
+            continue
+        have = outs[key].shape.as_list()
+        src = want[i]
+        rank = len(src)
+        if rank < 3 or len(have) != rank:
+            continue
+        to_first = [0, rank - 1, *range(1, rank - 1)]  # NHWC -> NCHW
+        nhwc = layouts.get(names[i]) if i < len(names) else None
+        permuted = [have[j] for j in to_first]
+        fits = all(a is None or b is None or b < 0 or a == b for a, b in zip(permuted, src))
+        same = all(a is None or b is None or b < 0 or a == b for a, b in zip(have, src))
+        if fits and (nhwc or (nhwc is None and not same)):
+            perms[key] = to_first
+    if not perms:
+        return saved
+    in_spec = fn.structured_input_signature[1]
+    in_names = list(in_spec)
+    specs = [tf.TensorSpec(in_spec[n].shape, in_spec[n].dtype, name=n) for n in in_names]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        res = fn(**dict(zip(in_names, args)))
+        return {k: tf.transpose(v, perms[k]) if k in perms else v for k, v in res.items()}
+
+    module = tf.Module()
+    module.inner = imported
+    module.serve = serve
+    tf.saved_model.save(module, wrapped, signatures={"serving_default": serve.get_concrete_function()})
+    print(f"EDGEKIT-NOTE outputs {sorted(perms)} transposed back to the source's channel-first layout", flush=True)
+    return wrapped
 
 
 def _norm(name: str) -> str:
@@ -177,6 +229,7 @@ def main() -> int:
     saved = job.get("saved_model")
     if saved and os.path.isfile(os.path.join(saved, "saved_model.pb")):
         print("EDGEKIT-NOTE reusing the SavedModel of an earlier export of this source", flush=True)
+        saved = restore_output_layout(saved, job, {})
     else:
         saved = to_saved_model(job)
     for target in job["targets"]:  # one TF start-up and one onnx2tf run for every precision asked

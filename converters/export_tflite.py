@@ -155,6 +155,8 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     return {
         "input_names": [i.name for i in inputs],
         "output_names": [o.name for o in model.graph.output],
+        "output_shapes": [[d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim]
+                          if o.type.tensor_type.HasField("shape") else None for o in model.graph.output],
         "input_ranks": [len(i.type.tensor_type.shape.dim) for i in inputs],
         "erf_left": any(n.op_type == "Erf" for n in model.graph.node),
         "gelu_fused": fused,
@@ -328,6 +330,7 @@ class TFLiteExporter:
                 "onnx": str(work / "model.onnx"), "workdir": str(work),
                 "targets": [{"precision": p, "out": str(work / f"model-{p}.tflite")} for p in outputs],
                 "input_names": facts["input_names"], "output_names": facts["output_names"],
+                "output_shapes": facts["output_shapes"],
                 "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
                 if keep_nchw else [],
                 "pseudo_ops": ["Erf"] if facts["erf_left"] else [],

@@ -239,3 +239,24 @@ def test_unsorted_input_order_is_kept(tool_env, tmp_path):
     got = list(sess.run({"zeta": z, "alpha": a}).values())
     np.testing.assert_allclose(got[0], z - a, atol=0)  # outputs in source order too: diff, then prod
     np.testing.assert_allclose(got[1], z * a, atol=0)
+
+
+@pytest.mark.slow
+def test_channel_first_output_layout_is_kept(tool_env, tmp_path):
+    """onnx2tf leaves 4-D outputs NHWC; the exporter transposes them back so [1, 8, 16, 16] stays NCHW."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["feat"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["feat"], ["out"])]
+    g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 16, 16])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = models.save(m, tmp_path / "conv.onnx")
+    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "conv.tflite", "fp32"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    got = next(iter(sess.run({"image": x}).values()))
+    ref = models.ort_reference(src, {"image": x})["out"]
+    assert got.shape == ref.shape == (1, 8, 16, 16)
+    np.testing.assert_allclose(got, ref, atol=1e-4)  # fp32: same math, NCHW both sides
