@@ -156,6 +156,108 @@ def _tune(mod, target, model_bytes: bytes, trials: int, log=None):
     return mod
 
 
+def _cpu_rules():
+    """dlight rules for CPU: all-injective functions (inline producers, fuse, vectorize, parallelize) and
+    conv-like functions (reduction loops around a vectorized spatial tile)."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+    from tvm.target.codegen import llvm_get_vector_width
+
+    class Elementwise(CPUScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not self.is_target_available(target):
+                return None
+            try:
+                sch = s_tir.Schedule(func)
+                infos = normalize_prim_func(sch)
+                if not infos or not all(bi.is_injective() for bi in infos):
+                    return None
+                for bi in infos[:-1]:
+                    sch.compute_inline(bi.block_rv)
+                last = infos[-1].block_rv
+                loops = sch.get_loops(last)
+                if not loops:
+                    return None
+                fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+                extent = sch.get(fused).extent
+                if not hasattr(extent, "value"):
+                    return None
+                bits = sch.get(last).writes[0].buffer.dtype.bits if sch.get(last).writes else 32
+                lanes = max((llvm_get_vector_width(target) or 128) // max(bits, 8), 2)
+                if extent.value >= 4 * lanes:
+                    outer, inner = sch.split(fused, factors=[None, lanes])
+                    sch.vectorize(inner)
+                    if extent.value >= 1 << 14:
+                        sch.parallel(outer)
+                return sch
+            except Exception:  # noqa: BLE001 - a shape this rule cannot handle: leave it to the defaults
+                return None
+
+    class SpatialReduce(CPUScheduleRule):
+        """Conv-like blocks (S..S R..R, several reduction axes): reductions outside a vectorized spatial tile."""
+
+        def apply(self, func, target, _tunable):
+            if not self.is_target_available(target):
+                return None
+            try:
+                sch = s_tir.Schedule(func)
+                infos = normalize_prim_func(sch)
+                reds = [bi for bi in infos or [] if not bi.is_injective()]
+                if len(reds) != 1:
+                    return None
+                dk = reds[0].dom_kind()
+                n_s = len(dk) - len(dk.lstrip("S"))
+                if n_s < 2 or dk[n_s:].strip("R") or len(dk) - n_s < 2:
+                    return None
+                block = reds[0].block_rv
+                lanes = max((llvm_get_vector_width(target) or 128) // 32, 2)
+                loops = sch.get_loops(block)
+                spatial, reduce_ = loops[:n_s], loops[n_s:]
+                if not hasattr(sch.get(spatial[-1]).extent, "value") or sch.get(spatial[-1]).extent.value < lanes:
+                    return None
+                outer, inner = sch.split(spatial[-1], factors=[None, lanes])
+                sch.reorder(*spatial[:-1], outer, *reduce_, inner)
+                sch.parallel(sch.fuse(*spatial[:-2]) if n_s > 3 else spatial[0])
+                sch.decompose_reduction(block, reduce_[0])
+                sch.unroll(inner)  # TVM refuses to vectorize under reduction loops; LLVM's SLP vectorizer takes it
+                for bi in infos:
+                    if bi.is_injective():
+                        bl = sch.get_loops(bi.block_rv)
+                        ext = sch.get(bl[-1]).extent
+                        if hasattr(ext, "value") and ext.value >= lanes:
+                            _, vi = sch.split(bl[-1], factors=[None, lanes])
+                            sch.vectorize(vi)
+                return sch
+            except Exception:  # noqa: BLE001 - leave shapes this rule cannot handle to the defaults
+                return None
+
+    return Elementwise(), SpatialReduce()
+
+
+def cpu_pipeline(target):
+    """The default Relax CPU pipeline plus schedules (vectorized, parallel) and vectorizable fast math.
+
+    Untuned TIR from the default pipeline is scalar; this keeps kernels competitive without tuning.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight as dl
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(
+                [relax.transform.FastMathTransform()]
+                + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                + [dl.ApplyDefaultSchedule(*_cpu_rules(), dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
+
+
 def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_dict: dict | None = None,
                  cc: str | None = None, *, tune_trials: int = 0, board: str | None = None, log=None) -> Path:
     """Compile ``model`` (path or ModelProto) for ``target``; writes ``OUT.so`` (or ``.tar``) and ``OUT.json``.
@@ -180,7 +282,11 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
     try:
         if tune_trials > 0:
             mod = _tune(mod, tdict, model.SerializeToString(), tune_trials, log)
-        ex = tvm.compile(mod, target=tvm.target.Target(target))
+        tgt = tvm.target.Target(target)
+        if tune_trials > 0 or tgt.kind.name != "llvm":
+            ex = tvm.compile(mod, target=tgt)
+        else:
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=cpu_pipeline(tgt))
     except Exception as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"TVM could not compile the model for {tdict}: {msg}") from None
