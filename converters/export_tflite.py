@@ -333,7 +333,7 @@ class TFLiteExporter:
                 "output_shapes": facts["output_shapes"],
                 "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
                 if keep_nchw else [],
-                "pseudo_ops": ["Erf"] if facts["erf_left"] else [],
+                "pseudo_ops": ["erf"] if facts["erf_left"] else [],  # onnx2tf: polynomial erf, no FlexErf
             }
             if "int8" in outputs:
                 missing = [n for n in facts["input_names"] if n not in calibration]
@@ -353,6 +353,11 @@ class TFLiteExporter:
                     nodes = ", ".join(f"{n} ({op})" for n, op in progress.unsupported)
                     raise UnsupportedOpError(
                         f"{onnx_path.name}: TFLite export (onnx2tf) cannot convert node(s) {nodes}")
+                flex = sorted(set(re.findall(r'fused\["(\w+):", "[^"]*?/(\w+)@', output)))
+                if code != 0 and "ERROR_NEEDS_FLEX_OPS" in output:
+                    ops = ", ".join(f"{op} (from {where})" for op, where in flex) or "?"
+                    raise UnsupportedOpError(f"{onnx_path.name}: TFLite has no builtin kernel for TensorFlow op(s) "
+                                             f"{ops}; LiteRT cannot run Flex (Select TF) ops")
                 for target in job["targets"]:
                     if code != 0 or not Path(target["out"]).is_file():
                         detail = "; ".join(progress.errors) or _failure_detail(output)

@@ -260,3 +260,20 @@ def test_channel_first_output_layout_is_kept(tool_env, tmp_path):
     ref = models.ort_reference(src, {"image": x})["out"]
     assert got.shape == ref.shape == (1, 8, 16, 16)
     np.testing.assert_allclose(got, ref, atol=1e-4)  # fp32: same math, NCHW both sides
+
+
+@pytest.mark.slow
+def test_standalone_erf_runs_without_flex(tool_env, tmp_path):
+    """An Erf outside a GELU would become FlexErf (LiteRT cannot run it); onnx2tf's pseudo-erf is used instead."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Erf", ["x"], ["y"], name="lonely_erf")], "erf",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = models.save(m, tmp_path / "erf.onnx")
+    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "erf.tflite", "fp32"))
+    x = np.linspace(-3, 3, 16, dtype=np.float32)[None]
+    got = next(iter(sess.run({"x": x}).values()))
+    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-5)  # polynomial erf
