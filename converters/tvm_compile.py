@@ -136,24 +136,53 @@ def _to_relax(model, shapes: dict):
         raise ConversionError(f"TVM could not import the model: {msg}") from None
 
 
-def _tune(mod, target, model_bytes: bytes, trials: int, log=None):
-    """Run MetaSchedule (or reuse cached logs) and return the module with the best schedules applied."""
+def _tune_child(model_path: str, shapes: dict, target: dict, work: str, trials: int) -> None:
+    """Child process: run MetaSchedule for the model, leaving its database in ``work``."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load(model_path), shape_dict=shapes, keep_params_in_input=False)
+    relax.pipeline.static_shape_tuning_pipeline(
+        total_trials=trials, target=tvm.target.Target(target), work_dir=work,
+        max_trials_per_task=max(8, trials // 4))(mod)
+
+
+def _tune(mod, target, model_bytes: bytes, shapes: dict, trials: int, log=None):
+    """Tune with MetaSchedule in a child process (a crash there is an error here, not a dead process), or
+    reuse cached logs; return the module with the best schedules applied."""
+    import multiprocessing as mp
+    import tempfile
+
     import tvm
     from tvm import relax
 
     work = tune_cache_dir(model_bytes, target, trials)
     done = work / "done"
-    cached = done.is_file()
-    if log:
-        log(f"{'reusing tuning logs' if cached else f'tuning {trials} trials, logs'} in {work}")
-    work.mkdir(parents=True, exist_ok=True)
-    pipeline = relax.pipeline.static_shape_tuning_pipeline(
-        total_trials=0 if cached else trials, target=tvm.target.Target(target), work_dir=str(work),
-        max_trials_per_task=max(8, trials // 4) if not cached else None)
-    mod = pipeline(mod)
-    if not cached:
+    if done.is_file():
+        if log:
+            log(f"reusing tuning logs in {work}")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        if log:
+            log(f"tuning {trials} trials (MetaSchedule; slow on few cores), logs in {work}")
+        with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as tmp:
+            model_path = Path(tmp) / "model.onnx"
+            model_path.write_bytes(model_bytes)
+            proc = mp.get_context("spawn").Process(target=_tune_child,
+                                                   args=(str(model_path), shapes, target, str(work), trials))
+            proc.start()
+            proc.join()
+        if proc.exitcode != 0:
+            raise ConversionError(
+                f"MetaSchedule tuning failed (child exit status {proc.exitcode}; TVM 0.27 is known to crash in "
+                f"tvm::ffi::ToJSONGraph during tuning on some machines); logs in {work / 'logs'}. "
+                "Compile without --tune-trials (the untuned CPU schedules are used)")
         done.write_text(json.dumps({"trials": trials, "target": target}))
-    return mod
+    with tvm.target.Target(target):
+        return relax.pipeline.static_shape_tuning_pipeline(total_trials=0, target=tvm.target.Target(target),
+                                                           work_dir=str(work))(mod)
 
 
 def _cpu_rules():
@@ -281,12 +310,14 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
         target = tdict = {**tdict, "num-cores": os.cpu_count() or 1}  # MetaSchedule needs the core count
     try:
         if tune_trials > 0:
-            mod = _tune(mod, tdict, model.SerializeToString(), tune_trials, log)
+            mod = _tune(mod, tdict, model.SerializeToString(), shapes, tune_trials, log)
         tgt = tvm.target.Target(target)
         if tune_trials > 0 or tgt.kind.name != "llvm":
             ex = tvm.compile(mod, target=tgt)
         else:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=cpu_pipeline(tgt))
+    except ConversionError:
+        raise
     except Exception as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"TVM could not compile the model for {tdict}: {msg}") from None
