@@ -237,9 +237,24 @@ def evaluate_program(prog, feeds: dict[str, np.ndarray], function: str = "main")
     return {v.name: np.asarray(v.val) for v in func.outputs}
 
 
+_CACHE: dict[tuple, tuple] = {}
+
+
+def _cached_program(path: Path):
+    """load_program, reused while the package's files are unchanged (validation evaluates many feeds)."""
+    path = Path(path)
+    files = [path / "Manifest.json", *sorted((path / "Data").rglob("*"))] if path.is_dir() else []
+    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+    key = (str(path.resolve()), stamp)
+    if not stamp or key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_program(path)
+    return _CACHE[key]
+
+
 def evaluate(path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Graph-check evaluation of a saved .mlpackage; feeds/outputs may use ONNX or Core ML names."""
-    prog, spec = load_program(path)
+    prog, spec = _cached_program(Path(path))
     meta = io_metadata(spec)
     in_map = meta.get("inputs", {})             # ONNX name -> Core ML name
     out_map = meta.get("outputs", {})
