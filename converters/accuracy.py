@@ -27,11 +27,12 @@ def _expose(model: onnx.ModelProto, names: Sequence[str]) -> tuple[bytes, list[s
         pass
     types = {vi.name: vi for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
     have = {o.name for o in m.graph.output}
+    produced = {t for node in m.graph.node for t in node.output} | {i.name for i in m.graph.input}
     exposed = []
     for n in names:
         if n in have:
             exposed.append(n)
-        elif n in types and types[n].type.tensor_type.elem_type:
+        elif n in produced and n in types and types[n].type.tensor_type.elem_type:   # value_info may be stale
             vi = onnx.ValueInfoProto()
             vi.name = n
             vi.type.tensor_type.elem_type = types[n].type.tensor_type.elem_type
