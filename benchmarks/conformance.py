@@ -10,7 +10,7 @@ optionals) are counted apart. A worker process runs the cases so a native crash 
 Printed: pass rate per backend and the cases where auto fails although one backend passes alone
 (target, issue 4: none).
 
-    python benchmarks/conformance.py [--limit N] [--time-cap SECONDS] [--filter SUBSTR] [--json]
+    python benchmarks/conformance.py [--limit N] [--stride K] [--time-cap SECONDS] [--filter SUBSTR] [--json]
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def _worker(indices: list[int], filter_: str | None, conn) -> None:
     conn.close()
 
 
-def run(limit: int | None, time_cap: float, filter_: str | None, case_timeout: float) -> dict:
+def run(limit: int | None, time_cap: float, filter_: str | None, case_timeout: float, stride: int = 1) -> dict:
     names = [c.name for c in _cases(filter_)]
-    todo = list(range(len(names)))[: limit or None]
+    todo = list(range(0, len(names), max(1, stride)))[: limit or None]
     results: dict[str, dict | None] = {}
     t0 = time.monotonic()
     ctx = mp.get_context("spawn")
@@ -183,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="run only the first N cases (sorted by name)")
     ap.add_argument("--time-cap", type=float, default=1800, help="stop starting cases after this many seconds")
     ap.add_argument("--case-timeout", type=float, default=120, help="seconds one case may take")
+    ap.add_argument("--stride", type=int, default=1, help="every K-th case (an even sample across all op types)")
     ap.add_argument("--filter", help="only cases whose name contains this")
     ap.add_argument("--json", action="store_true", help="print the full per-case results as JSON")
     args = ap.parse_args(argv)
-    out = run(args.limit, args.time_cap, args.filter, args.case_timeout)
+    out = run(args.limit, args.time_cap, args.filter, args.case_timeout, args.stride)
     s = summarize(out)
     if args.json:
         print(json.dumps({"summary": s, "results": out["results"]}, indent=2))

@@ -132,3 +132,26 @@ def test_tflite_composite_with_cumsum(tvm_models, tmp_path_factory):
     x = np.random.default_rng(0).standard_normal((1, 4, 8)).astype(np.float32)
     ref = models.ort_reference(tvm_models["cumsum"], {"x": x})["y"]
     np.testing.assert_allclose(edgekit.load(plan_path).run({"x": x})["y"], ref, atol=1e-4)  # LiteRT fp32 kernels
+
+
+def test_op_without_an_ort_kernel_runs_on_tvm(tmp_path):
+    """Erf on float64: ONNX Runtime has no kernel (NOT_IMPLEMENTED), so the onnx composite puts it on TVM."""
+    import math
+
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.composite import build_composite
+
+    n = helper.make_node
+    g = helper.make_graph([n("Erf", ["x"], ["e"]), n("Add", ["e", "x"], ["y"])], "erf64",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 5])])
+    path = models.save(models._model(g), tmp_path / "erf64.onnx")
+    plan_path = build_composite(path, tmp_path / "c", "onnx")
+    plan = json.loads(plan_path.read_text())
+    assert [s["kind"] for s in plan["steps"]] == ["tvm", "runtime"]
+    assert "no Erf kernel for float64" in plan["steps"][0]["reasons"]["Erf"]
+    assert plan["validation"]["checked"] is False  # ORT cannot run the whole model: no reference from it
+    x = np.linspace(-2, 2, 10).reshape(2, 5)
+    ref = np.vectorize(math.erf)(x) + x
+    np.testing.assert_allclose(edgekit.load(plan_path).run({"x": x})["y"], ref, atol=1e-12)  # float64 math.erf
