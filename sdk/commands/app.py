@@ -19,6 +19,7 @@ def register(sub) -> None:
     v.add_argument("--fps", type=float, default=30.0, help="frame rate of --stream (default 30)")
     v.add_argument("--budget-ms", type=float, help="latency budget per image (chooses the variant)")
     v.add_argument("--variant", help="run this bundle variant only")
+    v.add_argument("--bundle", metavar="DIR", help="a prepared EfficientNet-Lite0 bundle (default: the cached one)")
     v.add_argument("--top", type=int, default=5)
     v.add_argument("--threads", type=int)
     v.add_argument("--json", action="store_true")
@@ -30,6 +31,7 @@ def register(sub) -> None:
     b.add_argument("--similarity", nargs=2, metavar=("A", "B"), help="cosine similarity of two sentences")
     b.add_argument("--top", type=int, default=5)
     b.add_argument("--budget-ms", type=float, help="latency budget of the query (sequence length and variant)")
+    b.add_argument("--bundle", metavar="DIR", help="a prepared MiniLM bundle (default: the cached one)")
     b.add_argument("--threads", type=int)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=run_bert)
@@ -67,7 +69,7 @@ def run_vision(args) -> int:
     opts = _opts(args)
     if args.budget_ms is not None and not args.stream:
         opts["strict"] = True  # an image that cannot meet the budget is an error; a stream counts misses
-    clf = vision.Classifier(budget_ms=args.budget_ms, variant=args.variant, **opts)
+    clf = vision.Classifier(args.bundle, budget_ms=args.budget_ms, variant=args.variant, **opts)
     if args.stream:
         rep = vision.stream(clf, args.stream, fps=args.fps, top=1)
         if args.json:
@@ -100,7 +102,7 @@ def run_bert(args) -> int:
         if args.query or args.corpus:
             raise InputError("--similarity A B takes no QUERY or --corpus")
         a, b = args.similarity
-        emb = bert.Embedder(**_opts(args))
+        emb = bert.Embedder(args.bundle, **_opts(args))
         score = emb.similarity(a, b, budget_ms=args.budget_ms)
         info = emb.last.to_json()
         if args.json:
@@ -111,7 +113,7 @@ def run_bert(args) -> int:
     if not args.query or not args.corpus:
         raise InputError("give QUERY --corpus FILE, or --similarity A B")
     corpus = bert.read_corpus(args.corpus)
-    emb = bert.Embedder(**_opts(args))
+    emb = bert.Embedder(args.bundle, **_opts(args))
     print(f"embedding {len(corpus)} documents ...", file=sys.stderr)
     hits = emb.search(args.query, corpus, top=args.top, budget_ms=args.budget_ms)
     info = emb.last.to_json()

@@ -33,11 +33,15 @@ def test_matches_transformers_reference(embedder):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_search_finds_the_relevant_document(embedder, tmp_path):
+def _corpus(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The stock market dropped three percent today.\n\nMy cat loves sleeping in the sun.\n"
                       "A recipe for chocolate cake with cherries.\nThe football match ended in a draw.\n")
-    docs = bert.read_corpus(corpus)
+    return corpus
+
+
+def test_search_finds_the_relevant_document(embedder, tmp_path):
+    docs = bert.read_corpus(_corpus(tmp_path))
     assert len(docs) == 4  # blank line skipped
     hits = embedder.search("where do kittens like to nap?", docs, top=2)
     assert hits[0]["text"].startswith("My cat") and hits[0]["score"] > hits[1]["score"]
@@ -77,6 +81,10 @@ def test_cli_similarity_and_search(embedder, tmp_path, capsys):
     import json
 
     from edgekit.cli import main
+
+    assert main(["app", "bert", "kittens", "--corpus", str(_corpus(tmp_path)), "--top", "1", "--bundle",
+                 str(embedder.bundle.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["text"].startswith("My cat")
 
     assert main(["app", "bert", "--similarity", "a cat sits on the mat", "a kitten is resting", "--json"]) == 0
     near = json.loads(capsys.readouterr().out)["cosine"]

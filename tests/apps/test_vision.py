@@ -110,10 +110,10 @@ def test_cli_vision(tmp_path, vision_bundle, capsys):
 
     p = tmp_path / "coffee.jpg"
     Image.fromarray(skimage_data.coffee()).save(p)
-    assert main(["app", "vision", str(p), "--top", "2", "--json"]) == 0
+    assert main(["app", "vision", str(p), "--top", "2", "--json", "--bundle", str(vision_bundle)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predictions"][0]["top"][0]["index"] == ESPRESSO
     bad = tmp_path / "x.png"
     bad.write_bytes(b"\x89PNG broken")
-    assert main(["app", "vision", str(bad)]) == 2
+    assert main(["app", "vision", str(bad), "--bundle", str(vision_bundle)]) == 2
     assert "not a readable image" in capsys.readouterr().err
