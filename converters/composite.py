@@ -3,7 +3,8 @@
 ``build_composite(onnx_path, out_dir, target_format, fallback_ops, boards)`` partitions the model by the
 target's op table (``op_support``), exports each supported segment with the target's exporter (ONNX
 segments are written directly), compiles each fallback segment with TVM for every board (``"host"`` is this
-CPU; aarch64 boards are cross-compiled; Core ML composites also get ``arm64-apple-macos`` objects), checks the
+CPU; aarch64 boards are cross-compiled; Core ML composites also get ``arm64-apple-macos`` objects and Metal
+kernels, boards ``apple-m1`` and ``apple-m1:metal``), checks the
 composite against ONNX Runtime on the whole model when the host can run it, and writes ``plan.json``:
 
     {"format": "edgekit-composite", "version": 1, "target_format": "tflite", "boards": [...],
@@ -121,7 +122,8 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
     """Write a composite folder (``plan.json`` + artifacts) to ``out_dir`` and return the plan path.
 
     ``target_format``: "tflite", "coreml", "onnx" or "onnx-reduced". ``fallback_ops``: op types forced onto
-    TVM. ``boards``: "host" and/or board profile names (cross compilers must be installed). ``precision``
+    TVM. ``boards``: "host" and/or board profile names (cross compilers must be installed; "apple-m1:metal"
+    for Metal kernels). ``precision``
     applies to runtime segments; TVM kernels are fp32. The composite is validated against ONNX Runtime on
     the whole model when the host board is built and its runtime is usable here (``validate``).
     """
@@ -133,11 +135,14 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
     if not src.is_file():
         raise InputError(f"{src}: no such ONNX file")
     boards = list(dict.fromkeys(boards or ("host",)))
-    if target_format == "coreml" and APPLE_BOARD not in boards:
-        boards.append(APPLE_BOARD)
+    if target_format == "coreml":
+        boards += [b for b in (APPLE_BOARD, f"{APPLE_BOARD}:metal") if b not in boards]
     # check every board (and its cross compiler) before any slow work
-    board_targets = {b: board_target(b) for b in boards}
-    for bt in board_targets.values():
+    board_targets = {b: board_target(b.partition(":")[0]) for b in boards}
+    for b, bt in board_targets.items():
+        device = b.partition(":")[2]
+        if device and (device != "metal" or not bt.is_apple):
+            raise InputError(f"board {b!r}: the only device suffix is ':metal', on Apple boards (e.g. apple-m1:metal)")
         if not bt.is_apple:
             check_cross_compiler(bt.cc, bt.board)
     model = _static_model(onnx.load(str(src)), input_shapes)
@@ -167,7 +172,9 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
                 for board in boards:
                     if bar is not None:
                         bar.set_postfix_str(f"{name} TVM {board}")
-                    lib = compile_for_board(sub, tmp / f"{name}.{board}", board)
+                    base, _, device = board.partition(":")
+                    lib = compile_for_board(sub, tmp / f"{name}.{board.replace(':', '-')}", base,
+                                            device=device or "cpu")
                     step["artifacts"][board] = lib.with_suffix(".json").name
                     if bar is not None:
                         bar.update()

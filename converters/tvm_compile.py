@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgekit._extras import require
-from edgekit.errors import BoardError, ConversionError, UnsupportedOpError
+from edgekit.errors import BoardError, ConversionError, InputError, UnsupportedOpError
 from edgekit.specs import TensorSpec
 
 SIGNATURE_FORMAT = "edgekit-tvm"
@@ -306,6 +306,7 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
     mod = _to_relax(model, shapes)
     tdict = target if isinstance(target, dict) else {"kind": str(target)}
     apple = "apple" in str(tdict.get("mtriple", "")) or tdict.get("kind") == "metal"
+    device = "metal" if tdict.get("kind") == "metal" else "cpu"
     if tune_trials > 0 and tdict.get("kind") == "llvm" and "num-cores" not in tdict:
         target = tdict = {**tdict, "num-cores": os.cpu_count() or 1}  # MetaSchedule needs the core count
     try:
@@ -345,6 +346,7 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
         "library": out.name,
         "entry": "main",
         "board": board,
+        "device": device,
         "target": tdict,
         "tuned_trials": int(tune_trials),
         "inputs": [s.to_json() for s in fixed_ins],
@@ -359,13 +361,30 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
     return out
 
 
+#: Apple GPU limits for TVM's Metal target (M1 family)
+METAL_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 32768, "thread_warp_size": 32}
+DEVICES = ("cpu", "metal")
+
+
 def compile_for_board(model: Any, out_stem: str | Path, board: str, shape_dict: dict | None = None,
-                      tune_trials: int = 0, log=None) -> Path:
-    """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.tar`` + ``.json``."""
+                      tune_trials: int = 0, log=None, device: str = "cpu") -> Path:
+    """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.tar`` + ``.json``.
+
+    ``device="metal"`` (Apple boards) emits Metal kernels with an arm64-macOS host part (a ``.tar``).
+    """
     bt = board_target(board)
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    target = bt.target
+    if device == "metal":
+        if not bt.is_apple:
+            raise InputError(f"device 'metal' needs an Apple board (e.g. apple-m1), not {bt.board!r}")
+        if tune_trials:
+            raise InputError("tuning Metal kernels needs the Mac itself; compile untuned (--tune-trials 0)")
+        target = {"kind": "metal", **METAL_LIMITS, "host": dict(bt.target)}
     if bt.cc and not bt.is_apple:
         check_cross_compiler(bt.cc, bt.board)
-    return compile_onnx(model, out_stem, bt.target, shape_dict, None if bt.is_apple else bt.cc,
+    return compile_onnx(model, out_stem, target, shape_dict, None if bt.is_apple else bt.cc,
                         tune_trials=tune_trials, board=bt.board, log=log)
 
 

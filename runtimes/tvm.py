@@ -59,7 +59,7 @@ def read_signature(path: Path) -> tuple[dict, Path]:
 
 def _to_tvm(tvm, a: np.ndarray, dev):
     """A TVM tensor viewing ``a`` without a copy when it is C-contiguous and 64-byte aligned, else a copy."""
-    if a.flags.c_contiguous and a.ctypes.data % 64 == 0 and a.dtype != np.bool_:
+    if dev.dlpack_device_type() == 1 and a.flags.c_contiguous and a.ctypes.data % 64 == 0 and a.dtype != np.bool_:
         try:
             return tvm.runtime.from_dlpack(a)
         except Exception:  # noqa: BLE001 - any refusal falls back to a copy
@@ -78,7 +78,7 @@ class TvmRunner(Runner):
         except Exception as exc:
             raise ModelLoadError(f"{lib_path}: cannot load TVM library: {str(exc).splitlines()[0]}") from None
         self._entry = meta.get("entry", "main")
-        self._dev = tvm.cpu()
+        self._dev = tvm.metal() if meta.get("device") == "metal" else tvm.cpu()
         self._make = lambda: VirtualMachine(self._lib, self._dev)
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         try:
@@ -108,7 +108,8 @@ class TvmRunner(Runner):
         out = {}
         for spec, value in zip(self.outputs, values):
             if output_names is None or spec.name in output_names:
-                out[spec.name] = np.from_dlpack(value)  # zero-copy: the VM allocates fresh outputs per call
+                # zero-copy on the CPU: the VM allocates fresh outputs per call
+                out[spec.name] = np.from_dlpack(value) if self._dev.dlpack_device_type() == 1 else value.numpy()
         return out
 
 

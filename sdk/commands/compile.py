@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--board", default="host", help="board profile name, or 'host' (default)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output stem: writes OUT.so (OUT.tar of objects for Apple boards) and OUT.json")
+    p.add_argument("--device", default="cpu", choices=("cpu", "metal"),
+                   help="cpu (default) or metal (Apple boards: Metal kernels + arm64 macOS host code)")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trial budget (host only; logs cached under ~/.cache/edgekit/tune)")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
@@ -50,7 +52,7 @@ def tunable_here(board: str) -> bool:
 
 
 def compile_model(model: str | Path, output: str | Path, board: str = "host", tune_trials: int = 0,
-                  input_shapes: dict | None = None, force: bool = False) -> Path:
+                  input_shapes: dict | None = None, force: bool = False, device: str = "cpu") -> Path:
     """Compile ``model`` for ``board``; returns the library path (the API behind ``edgekit compile``)."""
     from edgekit._fs import check_writable
     from edgekit.converters.tvm_compile import board_target, compile_for_board
@@ -77,16 +79,18 @@ def compile_model(model: str | Path, output: str | Path, board: str = "host", tu
 
     tuning = f", {tune_trials} tuning trials" if tune_trials else ""
     log(f"compiling {src.name} for {bt.board} ({bt.target}){tuning}")
-    return compile_for_board(src, out, board, input_shapes, tune_trials=tune_trials, log=log)
+    return compile_for_board(src, out, board, input_shapes, tune_trials=tune_trials, log=log, device=device)
 
 
 def run(args) -> int:
     from edgekit.converters.tvm_compile import binary_arch
 
-    lib = compile_model(args.model, args.output, args.board, args.tune_trials, _shapes(args.input_shape), args.force)
+    lib = compile_model(args.model, args.output, args.board, args.tune_trials, _shapes(args.input_shape), args.force,
+                        args.device)
     container, arch = binary_arch(lib)
-    report = {"model": args.model, "board": args.board, "library": str(lib), "signature": str(lib.with_suffix(".json")),
-              "binary": container, "arch": arch, "tune_trials": args.tune_trials}
+    report = {"model": args.model, "board": args.board, "device": args.device, "library": str(lib),
+              "signature": str(lib.with_suffix(".json")), "binary": container, "arch": arch,
+              "tune_trials": args.tune_trials}
     if args.json:
         print_json(report)
     else:

@@ -89,3 +89,17 @@ def test_missing_cross_compiler_names_the_apt_package(tvm_models, tmp_path, monk
 
     with pytest.raises(ConversionError, match="aarch64-linux-gnu-g\\+\\+.*rpi4.*apt-get install"):
         build_composite(tvm_models["bert"], tmp_path / "c", "onnx", fallback_ops=["Erf"], boards=["host", "rpi4"])
+
+
+def test_compile_metal_for_apple_and_refuse_it_elsewhere(tvm_models, tmp_path, capsys):
+    import tarfile
+
+    out = tmp_path / "mlp_metal"
+    assert main(["compile", str(tvm_models["mlp1"]), "--board", "apple-m1", "--device", "metal", "-o", str(out)]) == 0
+    lib = out.with_suffix(".tar")
+    assert binary_arch(lib) == ("tar", "mach-o/arm64")
+    with tarfile.open(lib) as tf:
+        assert b"#include <metal_stdlib>" in b"".join(tf.extractfile(m).read() for m in tf.getmembers())
+    assert main(["compile", str(tvm_models["mlp1"]), "--board", "rpi4", "--device", "metal",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "needs an Apple board" in capsys.readouterr().err

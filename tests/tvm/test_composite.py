@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -93,12 +94,19 @@ def test_cumsum_for_coreml_gets_tvm_segments_and_apple_objects(coreml_cumsum_com
         ("runtime", "coreml"), ("tvm", "tvm"), ("runtime", "coreml")]
     tvm_step = plan["steps"][1]
     assert set(tvm_step["ops"]) == {"CumSum"} and "not in the coreml op table" in tvm_step["reasons"]["CumSum"]
-    assert set(tvm_step["artifacts"]) == {"host", "apple-m1"}
+    assert set(tvm_step["artifacts"]) == {"host", "apple-m1", "apple-m1:metal"}
     folder = coreml_cumsum_composite.parent
     apple = json.loads((folder / tvm_step["artifacts"]["apple-m1"]).read_text())
     assert apple["target"]["mtriple"] == "arm64-apple-macos"
     # Mach-O 64-bit (0xfeedfacf little-endian), CPU type arm64, inside the object archive
     assert binary_arch(folder / apple["library"]) == ("tar", "mach-o/arm64")
+    # Metal: arm64 host objects carrying the Metal shader source
+    metal = json.loads((folder / tvm_step["artifacts"]["apple-m1:metal"]).read_text())
+    assert metal["device"] == "metal" and metal["target"]["host"]["mtriple"] == "arm64-apple-macos"
+    assert binary_arch(folder / metal["library"]) == ("tar", "mach-o/arm64")
+    with tarfile.open(folder / metal["library"]) as tf:
+        blobs = b"".join(tf.extractfile(m).read() for m in tf.getmembers() if m.isfile())
+    assert b"#include <metal_stdlib>" in blobs and b"kernel void" in blobs
     if sys.platform != "darwin":
         # Core ML cannot predict on Linux: the composite is built but its check is recorded as not run
         assert plan["validation"]["checked"] is False and "coreml" in plan["validation"]["reason"]
