@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgekit._fs import atomic_dir
-from edgekit.errors import ConversionError, InputError, ValidationError
+from edgekit.errors import ConversionError, InputError, UnsupportedOpError, ValidationError
 from edgekit.specs import TensorSpec
 
 from .partition import FALLBACK, Partition, extract_segment, partition_for_target
@@ -147,6 +147,7 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
             check_cross_compiler(bt.cc, bt.board)
     model = _static_model(onnx.load(str(src)), input_shapes)
     part = plan_partition(model, target_format, fallback_ops)
+    _check_tvm_covers(model, part, target_format)
     out = Path(out_dir)
     step_fmt = "onnx" if target_format == "onnx-reduced" else target_format
     steps: list[dict] = []
@@ -202,6 +203,28 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
             plan["validation"] = _validate(tmp / PLAN_NAME, model, precision)
             (tmp / PLAN_NAME).write_text(json.dumps(plan, indent=2))
     return out / PLAN_NAME
+
+
+def _check_tvm_covers(model: Any, part: Partition, target_format: str) -> None:
+    """Fail early, naming node and op, when a fallback op is one TVM cannot compile either."""
+    from .tvm_compile import tvm_unsupported_ops
+
+    ops = {model.graph.node[i].op_type for s in part.segments if s.kind == FALLBACK for i in s.nodes}
+    if not ops:
+        return
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.graph.node.extend(model.graph.node[i] for s in part.segments if s.kind == FALLBACK for i in s.nodes)
+    missing = tvm_unsupported_ops(probe)
+    if missing:
+        seg = next(s for s in part.segments if s.kind == FALLBACK and set(s.reasons) & set(missing))
+        op = next(o for o in missing if o in seg.reasons)
+        node = next(model.graph.node[i] for i in seg.nodes if model.graph.node[i].op_type == op)
+        raise UnsupportedOpError(
+            f"node {node.name or node.output[0]!r} ({op}): {seg.reasons[op]}, and TVM cannot compile {op} either "
+            f"(its Relax ONNX frontend has no converter); pick another target format than {target_format!r}, "
+            f"drop {op} from --fallback-ops if it was forced, or replace {op} in the model")
 
 
 def _handoffs(part: Partition, specs: dict[str, TensorSpec]) -> list[dict]:

@@ -78,6 +78,9 @@ def test_op_tvm_cannot_compile_is_named(tvm_models, tmp_path, capsys):
     with pytest.raises(UnsupportedOpError, match="Celu"):
         build_composite(tvm_models["celu"], tmp_path / "comp", "onnx", fallback_ops=["Celu"])
     assert not (tmp_path / "comp").exists()  # nothing half-written
+    # an op the target lacks and TVM lacks too: named with both reasons, before any slow export
+    with pytest.raises(UnsupportedOpError, match="not in the tflite op table, and TVM cannot compile Celu either"):
+        build_composite(tvm_models["celu"], tmp_path / "comp2", "tflite")
 
 
 def test_missing_cross_compiler_names_the_apt_package(tvm_models, tmp_path, monkeypatch):
