@@ -182,44 +182,45 @@ class Embedder:
         self._ctl: dict[str, object] = {}
         self.last: EmbedInfo | None = None
 
-    def controller(self, vid: str):
-        """Latency vs sequence length of variant ``vid`` for one batch, calibrated on first use."""
+    def controller(self, vid: str, rows: int | None = None):
+        """Latency vs sequence length of variant ``vid`` for a batch of ``rows`` texts, calibrated on first use."""
         from edgekit.controller import KnobController
 
-        ctl = self._ctl.get(vid)
+        rows = self.batch_size if rows is None else min(rows, self.batch_size)
+        ctl = self._ctl.get((vid, rows))
         if ctl is None:
             ctl = KnobController(BUCKETS, name="seq_len")
             sess = self.sessions[vid]
-            texts = ["calibration text"] * self.batch_size
+            texts = ["calibration text"] * rows
 
             def run(n: float) -> None:
                 sess.run(self.tokenizer(texts, int(n)))
             ctl.calibrate(run, values=[BUCKETS[0], BUCKETS[-1]], repeats=2)
-            self._ctl[vid] = ctl
+            self._ctl[(vid, rows)] = ctl
         return ctl
 
-    def plan(self, need: int, budget_ms: float | None, batches: int = 1) -> tuple[str, int]:
-        """(variant, sequence length) for texts needing ``need`` tokens in ``batches`` batches within the budget."""
+    def plan(self, need: int, budget_ms: float | None, batches: int = 1, rows: int | None = None) -> tuple[str, int]:
+        """(variant, sequence length) for ``batches`` batches of ``rows`` texts needing ``need`` tokens."""
         if budget_ms is None:
             return self.order[0], need
         from edgekit.budget import check_budget
 
         budget = check_budget(budget_ms) / max(batches, 1)
         for vid in self.order:  # the whole text on the most accurate variant that fits
-            if self.controller(vid).fits(need, budget):
+            if self.controller(vid, rows).fits(need, budget):
                 return vid, need
         best = None  # else: truncate to the longest bucket some variant fits
         for vid in self.order:
-            ctl = self.controller(vid)
+            ctl = self.controller(vid, rows)
             fit = [b for b in BUCKETS if b <= need and ctl.fits(b, budget)]
             if fit and (best is None or fit[-1] > best[1]):
                 best = (vid, fit[-1])
         if best is None:
-            fastest = min(self.order, key=lambda v: self.controller(v).predict(BUCKETS[0]))
+            fastest = min(self.order, key=lambda v: self.controller(v, rows).predict(BUCKETS[0]))
             raise DeadlineError(
                 f"budget {budget_ms:g} ms is impossible: the fastest variant ({fastest}) is predicted to take "
-                f"{self.controller(fastest).predict(BUCKETS[0]) * max(batches, 1):.1f} ms for {batches} batch(es) "
-                f"at the shortest sequence length {BUCKETS[0]}")
+                f"{self.controller(fastest, rows).predict(BUCKETS[0]) * max(batches, 1):.1f} ms for {batches} "
+                f"batch(es) at the shortest sequence length {BUCKETS[0]}")
         return best
 
     def embed(self, texts: Sequence[str], budget_ms: float | None = None) -> np.ndarray:
@@ -228,7 +229,8 @@ class Embedder:
         lengths = self.tokenizer.lengths(texts)
         need = bucket_for(max(lengths))
         batches = -(-len(texts) // self.batch_size)
-        vid, seq = self.plan(need, budget_ms, batches)
+        rows = min(len(texts), self.batch_size)
+        vid, seq = self.plan(need, budget_ms, batches, rows)
         sess = self.sessions[vid]
         t0 = time.perf_counter()
         outs = []
@@ -236,8 +238,8 @@ class Embedder:
             chunk = texts[i: i + self.batch_size]
             t1 = time.perf_counter()
             outs.append(sess.run(self.tokenizer(chunk, seq))[OUTPUT])
-            if budget_ms is not None and len(chunk) == self.batch_size:
-                self.controller(vid).observe(seq, (time.perf_counter() - t1) * 1e3)
+            if budget_ms is not None and len(chunk) == rows:
+                self.controller(vid, rows).observe(seq, (time.perf_counter() - t1) * 1e3)
         ms = (time.perf_counter() - t0) * 1e3
         self.last = EmbedInfo(vid, seq, sum(n > seq for n in lengths), ms, budget_ms)
         return np.concatenate(outs, axis=0).astype(np.float32)
@@ -277,7 +279,7 @@ def read_corpus(path: str | Path) -> list[str]:
     """One document per non-empty line of a UTF-8 text file."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"corpus file {str(p)!r} does not exist")
+        raise InputError(f"corpus file {str(p)!r} does not exist or is not a regular file")
     try:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as exc:

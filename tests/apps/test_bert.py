@@ -53,10 +53,10 @@ def test_sequence_bucketing_and_budget(embedder):
     embedder.embed([long_text])
     assert embedder.last.seq_len == 128 and embedder.last.truncated == 0
     # a budget that only the shortest bucket fits truncates the text instead of missing
-    fast = min(embedder.order, key=lambda v: embedder.controller(v).predict(16))
-    ctl = embedder.controller(fast)
+    fast = min(embedder.order, key=lambda v: embedder.controller(v, 1).predict(16))
+    ctl = embedder.controller(fast, 1)
     tight = ctl.predict(16) / ctl.safety * 1.01
-    if any(embedder.controller(v).fits(32, tight) for v in embedder.order):
+    if any(embedder.controller(v, 1).fits(32, tight) for v in embedder.order):
         pytest.skip("latency does not grow with sequence length on this machine")
     embedder.embed([long_text], budget_ms=tight)
     assert embedder.last.seq_len == 16 and embedder.last.truncated == 1
