@@ -64,7 +64,8 @@ def _to_tvm(tvm, a: np.ndarray, dev):
             return tvm.runtime.from_dlpack(a)
         except Exception:  # noqa: BLE001 - any refusal falls back to a copy
             pass
-    return tvm.runtime.tensor(np.ascontiguousarray(a), dev)
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+    return tvm.runtime.tensor(a if a.flags.c_contiguous else np.ascontiguousarray(a), dev)
 
 
 class TvmRunner(Runner):

@@ -106,3 +106,18 @@ def test_compile_metal_for_apple_and_refuse_it_elsewhere(tvm_models, tmp_path, c
     assert main(["compile", str(tvm_models["mlp1"]), "--board", "rpi4", "--device", "metal",
                  "-o", str(tmp_path / "x")]) == 2
     assert "needs an Apple board" in capsys.readouterr().err
+
+
+def test_scalar_inputs_keep_rank_zero(tmp_path):
+    """0-d inputs (Clip's min/max) reach TVM as rank-0 tensors (np.ascontiguousarray would make them (1,))."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "clip",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+                           helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+                           helper.make_tensor_value_info("hi", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    lib = compile_onnx(models._model(g), tmp_path / "clip")
+    x = np.random.default_rng(0).random((3, 4)).astype(np.float32)
+    got = edgekit.load(lib).run({"x": x, "lo": np.array(0.2, np.float32), "hi": np.array(0.6, np.float32)})["y"]
+    np.testing.assert_array_equal(got, np.clip(x, 0.2, 0.6))  # clipping is exact
