@@ -3,7 +3,9 @@
 ``compile_onnx`` writes ``OUT.so`` (or ``OUT.tar`` of Mach-O objects for Apple targets when not on macOS:
 ``tvm.runtime.load_module`` links it there) and ``OUT.json`` (the signature ``runtimes/tvm.py`` reads).
 Boards come from ``edgekit.boards`` profiles (``tvm_target``, ``cross_compiler``); ``"host"`` is this CPU.
-Optional MetaSchedule tuning caches its logs under ``~/.cache/edgekit/tune/<key>/``.
+Untuned CPU builds use :func:`cpu_pipeline` (vectorizable fast math plus simple schedules for elementwise
+and conv-like functions); Apple boards can also get Metal kernels (``device="metal"``). Optional MetaSchedule
+tuning runs in a child process and caches its logs under ``~/.cache/edgekit/tune/<key>/``.
 """
 
 from __future__ import annotations
