@@ -1,6 +1,7 @@
 """Train the small UNet DDPM of ``edgekit app diffusion`` on scikit-learn's 8x8 digits and export it to ONNX.
 
-Run once (fixed seed; about 4 minutes on one CPU thread)::
+Run once (fixed seed; 197 s on one unloaded CPU thread with torch 2.11, and a re-run gives bit-identical
+weights; allow more on a busy machine)::
 
     python -m edgekit.apps.diffusion_train --out apps/data/digits_unet.onnx
 
