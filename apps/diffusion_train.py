@@ -3,7 +3,7 @@
 Run once (fixed seed; 197 s on one unloaded CPU thread with torch 2.11, and a re-run gives bit-identical
 weights; allow more on a busy machine)::
 
-    python -m edgekit.apps.diffusion_train --out apps/data/digits_unet.onnx
+    python -m edgekit.apps.diffusion_train --out apps/data/digits_unet.onnx --force
 
 The result is committed as ``apps/data/digits_unet.onnx`` so nobody needs torch or retraining to sample.
 The ONNX model takes ``x`` [B, 1, 8, 8] (noisy digits in [-1, 1]) and ``t`` [B] (float timestep in
