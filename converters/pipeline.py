@@ -168,6 +168,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 for prec in precs]
         rows: list[dict] = []
         rank_cache: dict[tuple, list[str]] = {}
+        prebuilt: dict[tuple, dict] = {}
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
                           meta={"source_kind": kind, "thresholds": thresholds}) as w:
             bar = _bar(plan, progress)
@@ -190,7 +191,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     return Path(exp.export(src_path, art, prec, calibration=calib_part, **kw, **extra))
 
                 try:
-                    path = export([])
+                    path = _prebuilt(exp, w, label, src_path, fmt, precs, calib_part, prebuilt).get(prec) \
+                        or export([])
                     val = check(path, fmt, exp)
                     if not val["passed"] and prec != "fp32" and accuracy_aware:
                         if not _accepts(exp.export, "keep_float"):
@@ -231,6 +233,24 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             w.report = render(src_name, kind, inputs, outputs, rows, notes, skipped, thresholds, vdata,
                               time.perf_counter() - t0, fp32)
     return w.bundle
+
+
+def _prebuilt(exp, w: BundleWriter, label: str, src_path: Path, fmt: str, precs: list[str], calib,
+              cache: dict) -> dict[str, Path]:
+    """Every precision of one source in one call where the exporter can (``export_all``: one converter start)."""
+    key = (label, fmt)
+    if key not in cache:
+        cache[key] = {}
+        if hasattr(exp, "export_all") and len(precs) > 1:
+            suffix = f"-{label}" if label else ""
+            outs = {p: w.path_for(f"{fmt}-{p}{suffix}/model{exp.suffix}") for p in precs}
+            try:
+                cache[key] = {p: Path(o) for p, o in exp.export_all(src_path, outs, calibration=calib).items()}
+            except EdgekitError as exc:      # retried one precision at a time, which names the failing one
+                log.info("%s export_all failed (%s); exporting precisions one by one", fmt, exc)
+                for o in outs.values():
+                    _rm(o)
+    return cache[key]
 
 
 def _bar(plan, progress: bool):

@@ -179,3 +179,25 @@ def test_default_quantize_without_calibration_builds_dynamic(tmp_path, mlp_onnx)
     b = edgekit.convert(mlp_onnx, tmp_path / "o", targets="onnx", progress=False)
     assert [v.id for v in b.variants] == ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic"]
     assert "no calibration data" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_all_available_formats(tmp_path, cnn_onnx):
+    """Default targets: every exporter usable here; each variant validated in its runtime (or graph-checked)."""
+    from edgekit.converters import exporters
+
+    usable = [f for f, e in exporters().items() if e.unavailable_reason() is None]
+    if usable == ["onnx"]:
+        pytest.skip("no TFLite or Core ML exporter usable here (pip install 'edgekit[tflite,coreml]')")
+    b = edgekit.convert(cnn_onnx, tmp_path / "all", quantize=("fp32", "int8"),
+                        calibration={"image": _cal((1, 3, 16, 16))}, progress=False)
+    fmts = {v.format for v in b.variants}
+    assert fmts == set(usable), (fmts, usable, (tmp_path / "all" / "report.md").read_text())
+    x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ref = models.ort_reference(cnn_onnx, {"image": x})["probs"]
+    for v in b.variants:
+        assert v.validation["method"] in ("runtime", "graph-check") and v.validation["n_samples"] == 6
+        assert v.validation["cosine"] >= 0.99, v.id        # the pipeline's own check, recorded
+        if v.validation["method"] == "runtime":
+            out = b.load(v.id).run({"image": x})
+            assert _cos(ref, next(iter(out.values()))) >= 0.99, v.id    # tolerance: cosine vs fp32 ORT
