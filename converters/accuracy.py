@@ -103,11 +103,20 @@ def rank_by_single(candidates: Sequence[str], score_only: Callable[[str], float]
 
 
 def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fraction: float = 0.5,
-          max_tries: int = 6) -> tuple[dict, list[str]]:
-    """Keep the top 1, 2, 4, ... of ``ranked`` until ``attempt(kept)["passed"]``; returns (metrics, kept)."""
+          max_tries: int = 6, time_budget_s: float | None = None) -> tuple[dict, list[str]]:
+    """Keep the top 1, 2, 4, ... of ``ranked`` until ``attempt(kept)["passed"]``; returns (metrics, kept).
+
+    No new attempt starts after ``time_budget_s`` seconds (slow exporters and graph checks).
+    """
+    import time
+
+    start = time.perf_counter()
     limit = max(1, int(np.ceil(len(ranked) * max_fraction)))
     k, tries, last = 1, 0, ({}, [])
     while k <= limit and tries < max_tries:
+        if tries and time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            log.info("accuracy retry stopped after %d tries: time budget of %.0f s spent", tries, time_budget_s)
+            break
         kept = list(ranked[:k])
         m = attempt(kept)
         last = (m, kept)

@@ -86,12 +86,14 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             force: bool = False, opset: int | None = None, example_inputs: Any = None,
             cosine_threshold: float = 0.99, top1_threshold: float = 0.98, progress: bool = True,
             calibration_method: str = "minmax", preprocess: Any = None, accuracy_aware: bool = True,
-            validation_samples: int = 16, simplify: bool = True, exporter_options: dict | None = None) -> Bundle:
+            validation_samples: int = 16, simplify: bool = True, exporter_options: dict | None = None,
+            retry_budget_s: float | None = 120.0) -> Bundle:
     """Convert ``source`` (an ONNX path or a torch ``nn.Module`` with ``example_inputs``) into a bundle at ``out_dir``.
 
     ``targets`` default: every format whose exporter works here. ``quantize`` default: fp32, fp16 and int8
     (static int8 needs ``calibration``; without it int8-dynamic is built instead). ``prune``: ``0.5``, ``"2:4"``,
     ``"channels:0.3"`` or a list of them (pruned variants are built beside the unpruned ones).
+    ``retry_budget_s``: no new accuracy-aware retry attempt of a variant starts after this many seconds.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -208,7 +210,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                             def attempt(keep: list[str], fmt=fmt, exp=exp) -> dict:
                                 return check(export(keep), fmt, exp)
 
-                            val2, kept = retry(ranked, attempt)
+                            val2, kept = retry(ranked, attempt, time_budget_s=retry_budget_s)
                             if val2:
                                 val = dict(val2, kept_float=kept)
                                 path = art if art.exists() else path
