@@ -21,7 +21,7 @@ import onnx
 from edgekit._fs import check_writable, size_of
 from edgekit.bundle import Bundle
 from edgekit.bundle_writer import BundleWriter
-from edgekit.errors import BackendUnavailable, EdgekitError, InputError, MissingExtraError
+from edgekit.errors import BackendUnavailable, EdgekitError, InputError, MissingExtraError, UnsupportedOpError
 
 from . import exporters, get_exporter
 from .accuracy import rank_by_activation, rank_by_single, retry
@@ -87,13 +87,17 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             cosine_threshold: float = 0.99, top1_threshold: float = 0.98, progress: bool = True,
             calibration_method: str = "minmax", preprocess: Any = None, accuracy_aware: bool = True,
             validation_samples: int = 16, simplify: bool = True, exporter_options: dict | None = None,
-            retry_budget_s: float | None = 120.0) -> Bundle:
+            retry_budget_s: float | None = 120.0, boards: Sequence[str] = (),
+            fallback_ops: Sequence[str] = ()) -> Bundle:
     """Convert ``source`` (an ONNX path or a torch ``nn.Module`` with ``example_inputs``) into a bundle at ``out_dir``.
 
     ``targets`` default: every format whose exporter works here. ``quantize`` default: fp32, fp16 and int8
     (static int8 needs ``calibration``; without it int8-dynamic is built instead). ``prune``: ``0.5``, ``"2:4"``,
     ``"channels:0.3"`` or a list of them (pruned variants are built beside the unpruned ones).
     ``retry_budget_s``: no new accuracy-aware retry attempt of a variant starts after this many seconds.
+    ``fallback_ops``: op types forced onto TVM kernels: each target becomes a composite (runtime segments plus
+    TVM kernels). A target that lacks an op of the model gets such a composite too. ``boards``: board profiles
+    (e.g. ``rpi4``) whose kernels composites carry beside the host's.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -119,6 +123,15 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         specs = [parse_prune(p) for p in items]
     check_writable(out_dir, force)
     opts = dict(exporter_options or {})
+    fallback_ops = list(dict.fromkeys(fallback_ops or ()))
+    boards = list(dict.fromkeys(boards or ()))
+    if boards or fallback_ops:
+        from .tvm_compile import board_target, check_cross_compiler
+
+        for b in boards:
+            bt = board_target(b)          # BoardError listing the known boards
+            if not bt.is_apple:
+                check_cross_compiler(bt.cc, bt.board)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as work_s:
         work = Path(work_s)
@@ -179,6 +192,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 if progress:
                     bar.set_postfix_str(vid)
                 exp = get_exporter(fmt)
+                fmt_rec = fmt
                 t1 = time.perf_counter()
                 art = w.path_for(f"{vid}/model{exp.suffix}")
                 kw = dict(opts.get(fmt, {}))
@@ -193,6 +207,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     return Path(exp.export(src_path, art, prec, calibration=calib_part, **kw, **extra))
 
                 try:
+                    if fallback_ops:
+                        raise UnsupportedOpError(f"forced onto TVM: {', '.join(fallback_ops)}")
                     path = _prebuilt(exp, w, label, src_path, fmt, precs, calib_part, prebuilt).get(prec) \
                         or export([])
                     val = check(path, fmt, exp)
@@ -214,6 +230,20 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                             if val2:
                                 val = dict(val2, kept_float=kept)
                                 path = art if art.exists() else path
+                except UnsupportedOpError as exc:
+                    # the target lacks an op (or ops are forced onto TVM): runtime segments + TVM kernels
+                    _rm(art)
+                    try:
+                        path, val = _composite(w, vid, src_path, fmt, prec, fallback_ops, boards, calib_part,
+                                               check, force)
+                    except EdgekitError as exc2:
+                        if explicit or fallback_ops:
+                            raise
+                        skipped.append(f"{vid}: {' '.join(str(exc).split())[:200]}; no TVM composite either: "
+                                       f"{' '.join(str(exc2).split())[:200]}")
+                        continue
+                    vid = f"{vid}+tvm"
+                    fmt_rec = "composite"
                 except EdgekitError as exc:
                     if explicit or fmt == "onnx":
                         raise
@@ -223,9 +253,9 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k == "params"})
                 secs = time.perf_counter() - t1
-                w.add_variant(vid, fmt, prec, path, inputs, outputs, validation=val,
+                w.add_variant(vid, fmt_rec, prec, path, inputs, outputs, validation=val,
                               pruning=str(spec) if spec else None, seconds=round(secs, 2))
-                rows.append({"id": vid, "format": fmt, "precision": prec, "pruning": str(spec) if spec else None,
+                rows.append({"id": vid, "format": fmt_rec, "precision": prec, "pruning": str(spec) if spec else None,
                              "size": size_of(path), "validation": val, "seconds": secs})
             if not rows:
                 raise BackendUnavailable(f"no variant could be built ({'; '.join(skipped)})")
@@ -235,6 +265,37 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             w.report = render(src_name, kind, inputs, outputs, rows, notes, skipped, thresholds, vdata,
                               time.perf_counter() - t0, fp32)
     return w.bundle
+
+
+def _composite(w: BundleWriter, vid: str, src_path: Path, fmt: str, prec: str, fallback_ops: list[str],
+               boards: list[str], calib, check, force: bool) -> tuple[Path, dict]:
+    """Build ``vid`` as a composite folder (plan.json + runtime segments + TVM kernels) and validate it."""
+    from .composite import build_composite
+
+    folder = w.path_for(f"{vid}+tvm/composite")
+    plan = build_composite(src_path, folder, fmt, fallback_ops=fallback_ops, boards=["host", *boards],
+                           precision=prec, calibration=calib, force=True)
+    del plan
+    # where no runtime here runs the target's segments (Core ML on Linux), its exporter's graph check does
+    return folder, check(folder, "composite", _CompositeGraphCheck(get_exporter(fmt), fmt))
+
+
+class _CompositeGraphCheck:
+    """``evaluate`` for a composite whose runtime segments only a converter's graph check can run here."""
+
+    def __init__(self, exporter, fmt: str):
+        self.exporter, self.fmt = exporter, fmt
+
+    def evaluate(self, path: Path, feeds: dict) -> dict:
+        from edgekit import runtimes
+
+        if not hasattr(self.exporter, "evaluate"):
+            raise BackendUnavailable(f"no runtime and no graph check for {self.fmt} segments here")
+        runner = runtimes.get("composite").open(path, evaluators={self.fmt: self.exporter.evaluate})
+        try:
+            return runner.run(feeds, None)
+        finally:
+            runner.close()
 
 
 def _prebuilt(exp, w: BundleWriter, label: str, src_path: Path, fmt: str, precs: list[str], calib,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import InputError, ModelLoadError
+from edgekit.errors import BackendUnavailable, InputError, ModelLoadError
 from edgekit.specs import TensorSpec
 
 from . import register
@@ -79,10 +79,27 @@ class _Step:
             env[outer] = res[inner]
 
 
+class _EvalRunner(Runner):
+    """A runtime step evaluated by a converter's graph check (e.g. Core ML's MIL evaluator on Linux)."""
+
+    backend = "graph-check"
+
+    def __init__(self, evaluate, path: Path, step: dict):
+        self._evaluate = evaluate
+        self._path = path
+        self.inputs = [TensorSpec.from_json(s) for s in step["inputs"]]
+        self.outputs = [TensorSpec.from_json(s) for s in step["outputs"]]
+
+    def run(self, feeds, output_names):
+        got = list(self._evaluate(self._path, dict(feeds)).values())
+        return {s.name: np.asarray(v) for s, v in zip(self.outputs, got)}
+
+
 class CompositeRunner(Runner):
     backend = "composite"
 
-    def __init__(self, plan: dict, plan_path: Path, board: str | None, threads: int | None):
+    def __init__(self, plan: dict, plan_path: Path, board: str | None, threads: int | None,
+                 evaluators: dict | None = None):
         from . import for_format, get
 
         self.plan = plan
@@ -103,12 +120,21 @@ class CompositeRunner(Runner):
                         raise ModelLoadError(f"step {step['name']}: no TVM kernel for board {self.board!r}")
                     backend, rel = get("tvm"), arts[self.board]
                 else:
-                    backend, rel = for_format(step["format"]), arts.get("any")
+                    rel = arts.get("any")
+                    try:
+                        backend = for_format(step["format"])
+                    except BackendUnavailable:
+                        if step["format"] not in (evaluators or {}):
+                            raise
+                        backend = None
                 art = (folder / str(rel)).resolve()
                 if folder.resolve() not in art.parents:
                     raise ModelLoadError(f"step {step['name']}: artifact path {rel!r} leaves the composite folder")
                 opts = {"threads": threads} if threads else {}
-                runner = backend.open(art, **opts)
+                if backend is None:
+                    runner = _EvalRunner(evaluators[step["format"]], art, step)
+                else:
+                    runner = backend.open(art, **opts)
                 backends.add(runner.backend)
                 self._steps.append(_Step(step["name"], runner, [s["name"] for s in step["inputs"]],
                                          [s["name"] for s in step["outputs"]]))
@@ -147,11 +173,13 @@ class CompositeBackend(Backend):
     def _probe(self) -> str | None:
         return None  # each step's backend reports its own absence when the plan is opened
 
-    def open(self, path: Path, board: str | None = None, threads: int | None = None, **options: Any) -> Runner:
+    def open(self, path: Path, board: str | None = None, threads: int | None = None,
+             evaluators: dict | None = None, **options: Any) -> Runner:
+        """``evaluators``: {format: evaluate(path, feeds)} for runtime steps no backend here can run (graph checks)."""
         if options:
             raise InputError(f"unknown option(s) for composite: {', '.join(sorted(options))}")
         plan, plan_path = read_plan(Path(path))
-        return CompositeRunner(plan, plan_path, board, threads)
+        return CompositeRunner(plan, plan_path, board, threads, evaluators)
 
     def inspect(self, path: Path) -> dict:
         plan, _ = read_plan(Path(path))

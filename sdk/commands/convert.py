@@ -22,9 +22,16 @@ def register(sub) -> None:
     p.add_argument("--cosine", type=float, default=0.99, help="validation threshold on cosine (default 0.99)")
     p.add_argument("--top1", type=float, default=0.98, help="top-1 agreement threshold for classifiers")
     p.add_argument("--no-retry", action="store_true", help="no accuracy-aware retry")
+    p.add_argument("--board", help="boards whose TVM kernels composites carry, comma-separated (e.g. rpi4,rpi5); "
+                   "see `edgekit boards`")
+    p.add_argument("--fallback-ops", help="op types forced onto TVM kernels, comma-separated (e.g. Softmax,Erf)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     p.add_argument("--json", action="store_true", help="print the manifest's variants as JSON")
     p.set_defaults(func=run)
+
+
+def _split(value: str | None) -> list[str]:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else []
 
 
 def run(args) -> int:
@@ -34,7 +41,7 @@ def run(args) -> int:
                      prune=args.prune, calibration=args.calibration, preprocess=args.preprocess,
                      calibration_method=args.calibration_method, opset=args.opset, force=args.force,
                      cosine_threshold=args.cosine, top1_threshold=args.top1, accuracy_aware=not args.no_retry,
-                     progress=not args.json)
+                     progress=not args.json, boards=_split(args.board), fallback_ops=_split(args.fallback_ops))
     rows = bundle.table()
     if args.json:
         print_json({"bundle": str(bundle.path), "variants": [v.to_json() for v in bundle.variants]})
