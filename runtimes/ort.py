@@ -21,7 +21,7 @@ _ORT_DTYPES = {
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
     "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
     "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
-    "tensor(string)": np.str_,
+    "tensor(string)": np.object_,  # ONNX Runtime takes str and object arrays
 }
 
 

@@ -81,7 +81,7 @@ def normalize_feeds(specs: Sequence[TensorSpec], feeds) -> dict[str, np.ndarray]
 
 def check_tensor(spec: TensorSpec, value: np.ndarray) -> None:
     """Raise :class:`InputError` if ``value`` does not fit ``spec`` (rank, static dims, dtype)."""
-    if value.dtype != spec.dtype:
+    if value.dtype != spec.dtype and not (spec.dtype.kind in "OU" and value.dtype.kind in "OU"):
         raise InputError(
             f"input {spec.name!r}: expected dtype {np.dtype(spec.dtype).name}, got {value.dtype.name}"
         )

@@ -38,24 +38,16 @@ def bert_onnx(model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tflite_mlp(tmp_path_factory):
-    """(path, torch module) of a 2-input TFLite model converted by litert-torch."""
-    torch = pytest.importorskip("torch")
-    litert_torch = pytest.importorskip("litert_torch", reason="litert-torch (edgekit[tflite-export]) not installed")
+def tflite_mlp(model_dir):
+    """(tflite path, onnx source) of a 2-input, 2-output model converted by edgekit's TFLite exporter."""
+    from edgekit.converters import get_exporter
 
-    class TwoIn(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(16, 10)
-
-        def forward(self, x, bias):
-            return torch.relu(self.fc(x)) + bias, torch.tanh(x).sum(dim=1, keepdim=True)
-
-    m = TwoIn().eval()
-    path = tmp_path_factory.mktemp("tflite") / "two_in.tflite"
-    litert_torch.convert(m, (torch.randn(2, 16), torch.randn(2, 10))).export(str(path))
-    return path, m
+    exp = get_exporter("tflite")
+    why = exp.unavailable_reason()
+    if why:
+        pytest.skip(f"TFLite exporter not usable here: {why}")
+    src = models.save(models.two_in_two_out(), model_dir / "two_in_two_out.onnx")
+    return exp.export(src, model_dir / "two_in_two_out.tflite", "fp32"), src
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,20 @@ def branches_model():
     g = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 7])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 7])])
     return _model(g)
+
+
+def two_in_two_out(seed: int = 0):
+    """x[2,16], bias[2,10] -> y = relu(x W + b) + bias, s = sum(tanh(x), axis 1, keepdims)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W"], ["h0"]), n("Add", ["h0", "b"], ["h1"]), n("Relu", ["h1"], ["h2"]),
+             n("Add", ["h2", "bias"], ["y"]), n("Tanh", ["x"], ["t"]), n("ReduceSum", ["t", "axes"], ["s"], keepdims=1)]
+    g = helper.make_graph(
+        nodes, "two_in_two_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, [2, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 1])],
+        [numpy_helper.from_array(_w(rng, 16, 10), "W"), numpy_helper.from_array(_w(rng, 10, scale=0.1), "b"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    return _model(g)

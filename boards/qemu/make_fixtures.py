@@ -2,7 +2,7 @@
 
     python boards/qemu/make_fixtures.py OUT_DIR [--force]
 
-OUT_DIR gets: ``cnn.onnx`` and ``mlp.onnx`` (from tests/models.py), ``cnn.tflite`` (litert-torch, when
+OUT_DIR gets: ``cnn.onnx`` and ``mlp.onnx`` (from tests/models.py), ``cnn.tflite`` (edgekit's TFLite exporter, when
 installed), ``cnn.bundle`` (an edgekit bundle with the ONNX and TFLite variants), ``frames/`` (images),
 ``inputs.npz`` and ``ref_*.npz`` (the host's outputs: plain onnxruntime, LiteRT), ``ref_piapp.jsonl`` (the Pi
 app's results on the host) and ``fixtures.json`` (what was built, and why something was not).
@@ -37,29 +37,19 @@ def make_frames(folder: Path, n: int = 4, size: tuple[int, int] = (40, 30), seed
     return folder
 
 
-def make_tflite(out: Path) -> str | None:
-    """A small CNN converted by litert-torch (input image[1,3,16,16]); returns why not, or None when built."""
+def make_tflite(onnx_path: Path, out: Path) -> str | None:
+    """cnn.onnx converted by edgekit's own TFLite exporter (fp32); returns why not, or None when built."""
+    from edgekit.converters import get_exporter
+    from edgekit.errors import EdgekitError
+
+    exp = get_exporter("tflite")
+    why = exp.unavailable_reason()
+    if why:
+        return f"the TFLite exporter is not usable on the host: {why}"
     try:
-        import litert_torch
-        import torch
-    except ImportError as exc:
-        return f"litert-torch or torch not installed on the host ({exc})"
-
-    class CNN(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-            self.fc = torch.nn.Linear(8, 10)
-
-        def forward(self, image):
-            x = torch.relu(self.conv(image)).mean(dim=(2, 3))
-            return torch.softmax(self.fc(x), dim=-1)
-
-    try:
-        litert_torch.convert(CNN().eval(), (torch.zeros(1, 3, 16, 16),)).export(str(out))
-    except Exception as exc:  # a converter failure is reported in fixtures.json, the ONNX cases still run
-        return f"litert-torch conversion failed: {type(exc).__name__}: {exc}"
+        exp.export(onnx_path, out, "fp32")
+    except EdgekitError as exc:  # a converter failure is reported in fixtures.json, the ONNX cases still run
+        return f"TFLite export failed: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -81,7 +71,7 @@ def build(out: Path) -> dict:
              **{"mlp_" + k: v for k, v in models.ort_reference(mlp, {"x": inputs["x"]}).items()})
     info["built"] += ["cnn.onnx", "mlp.onnx"]
 
-    why = make_tflite(out / "cnn.tflite")
+    why = make_tflite(cnn, out / "cnn.tflite")
     if why is None:
         with edgekit.load(out / "cnn.tflite", backend="litert") as sess:
             feeds = {sess.inputs[0].name: inputs["image"]}

@@ -10,35 +10,43 @@ import pytest
 import edgekit
 from edgekit import InputError
 
+from models import ort_reference
+
 
 def _raw(path, feeds):
+    """Plain LiteRT, bound by signature when there is one, else by index in the given order."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(path))
-    runner = interp.get_signature_runner("serving_default")
-    return runner(**feeds)
+    sigs = interp.get_signature_list()
+    if sigs:
+        return interp.get_signature_runner(next(iter(sigs)))(**feeds)
+    interp.allocate_tensors()
+    for d, v in zip(interp.get_input_details(), feeds.values()):
+        interp.set_tensor(d["index"], v)
+    interp.invoke()
+    sess_out = edgekit.load(path).outputs
+    return {s.name: interp.get_tensor(d["index"]) for s, d in zip(sess_out, interp.get_output_details())}
 
 
-def test_litert_matches_raw_interpreter_and_torch(tflite_mlp):
-    import torch
-
-    path, module = tflite_mlp
+def test_litert_matches_raw_interpreter_and_onnxruntime(tflite_mlp):
+    path, src = tflite_mlp
     sess = edgekit.load(path)
     assert sess.backend == "litert" and sess.format == "tflite"
-    names = [s.name for s in sess.inputs]
-    assert len(names) == 2 and all(s.shape == (2, 16) or s.shape == (2, 10) for s in sess.inputs)
+    assert [s.shape for s in sess.inputs] == [(2, 16), (2, 10)]  # the source's order is kept
+    assert [s.shape for s in sess.outputs] == [(2, 10), (2, 1)]
     rng = np.random.default_rng(3)
-    feeds = {names[0]: rng.standard_normal((2, 16)).astype(np.float32),
-             names[1]: rng.standard_normal((2, 10)).astype(np.float32)}
-    got = sess.run(feeds)
-    raw = _raw(path, feeds)
-    for k in raw:
-        np.testing.assert_array_equal(got[k], raw[k])  # same runtime: identical
-    with torch.no_grad():
-        ref = module(torch.from_numpy(feeds[names[0]]), torch.from_numpy(feeds[names[1]]))
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    bias = rng.standard_normal((2, 10)).astype(np.float32)
+    names = [s.name for s in sess.inputs]
+    got = sess.run({names[0]: x, names[1]: bias})
+    raw = _raw(path, {names[0]: x, names[1]: bias})
+    for k, v in raw.items():
+        np.testing.assert_array_equal(got[k], v)  # same runtime: identical
+    ref = ort_reference(src, {"x": x, "bias": bias})
     outs = [got[s.name] for s in sess.outputs]
-    np.testing.assert_allclose(outs[0], ref[0].numpy(), rtol=1e-5, atol=1e-5)  # fp32 conversion
-    np.testing.assert_allclose(outs[1], ref[1].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[0], ref["y"], rtol=1e-5, atol=1e-5)  # fp32 conversion
+    np.testing.assert_allclose(outs[1], ref["s"], rtol=1e-5, atol=1e-5)
 
 
 def test_litert_checks_inputs(tflite_mlp):

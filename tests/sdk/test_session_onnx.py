@@ -123,3 +123,21 @@ def test_backends_lists_every_backend_with_reason():
     assert rows["onnxruntime"]["available"]
     for r in rows.values():
         assert r["available"] or r["reason"]
+
+
+def test_string_inputs(tmp_path):
+    """String tensors: a spec of dtype object that takes str or object arrays."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["s"], ["u"])], "g",
+                          [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+                          [helper.make_tensor_value_info("u", TensorProto.STRING, [2])])
+    path = tmp_path / "strings.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    sess = edgekit.load(path)
+    assert sess.inputs[0].dtype == np.dtype(object)
+    for arr in (np.array(["ab", "Cd"]), np.array(["ab", "Cd"], dtype=object)):
+        assert list(sess.run({"s": arr})["u"]) == ["ab", "Cd"]
+    with pytest.raises(InputError, match="expected dtype object, got float32"):
+        sess.run({"s": np.zeros(2, np.float32)})
