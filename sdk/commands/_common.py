@@ -77,3 +77,35 @@ def human_size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def open_model(args, output: str | None = None):
+    """Load ``args.model`` for ``run``/``bench``: (session, feeds, budget_ms or None, is_bundle).
+
+    Applies --threads/--variant/--budget-ms (a bundle gets a budgeted session), refuses an existing ``output``
+    without --force before any work, and takes --input files or random inputs (--seed).
+    """
+    from edgekit.formats import detect_format
+    from edgekit.loader import load
+    from edgekit.specs import random_feeds
+
+    options = {}
+    if args.threads:
+        options["threads"] = args.threads
+    if args.variant:
+        options["variant"] = args.variant
+    budget = None
+    if args.budget_ms is not None:
+        from edgekit.budget import check_budget
+
+        budget = check_budget(args.budget_ms, "--budget-ms")
+    if output:
+        from edgekit._fs import check_writable
+
+        check_writable(Path(output), args.force)
+    bundle = detect_format(Path(args.model)) == "bundle"
+    if budget is not None and bundle:
+        options["budget_ms"] = budget
+    sess = load(args.model, backend=args.backend, **options)
+    feeds = parse_inputs(args.input) or random_feeds(sess.inputs, seed=args.seed)
+    return sess, feeds, budget, bundle

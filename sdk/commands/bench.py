@@ -7,11 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bench import benchmark, percentiles
-from edgekit.formats import detect_format
-from edgekit.loader import load
-from edgekit.specs import random_feeds
 
-from ._common import parse_inputs, print_json
+from ._common import open_model, print_json
 
 
 def register(sub) -> None:
@@ -33,25 +30,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    options = {}
-    if args.threads:
-        options["threads"] = args.threads
-    if args.variant:
-        options["variant"] = args.variant
-    budget = None
-    if args.budget_ms is not None:
-        from edgekit.budget import check_budget
-
-        budget = check_budget(args.budget_ms, "--budget-ms")
-    if args.plot:
-        from edgekit._fs import check_writable
-
-        check_writable(Path(args.plot), args.force)
-    bundle = detect_format(Path(args.model)) == "bundle"
-    if budget is not None and bundle:
-        options["budget_ms"] = budget
-    sess = load(args.model, backend=args.backend, **options)
-    feeds = parse_inputs(args.input) or random_feeds(sess.inputs, seed=args.seed)
+    sess, feeds, budget, bundle = open_model(args, args.plot)
     fn = sess.run if budget is None or bundle else (lambda f: sess.run(f, budget_ms=budget))
     stats = benchmark(fn, feeds, runs=args.runs, warmup=args.warmup, progress=not args.json)
     lat = stats.pop("latencies_ms")

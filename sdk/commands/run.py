@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from edgekit.loader import load
-from edgekit.specs import random_feeds
-
-from ._common import parse_inputs, print_json
+from ._common import open_model, print_json
 
 
 def register(sub) -> None:
@@ -38,27 +33,9 @@ def summarize(name: str, a: np.ndarray) -> dict:
 
 
 def run(args) -> int:
-    options = {}
-    if args.threads:
-        options["threads"] = args.threads
-    if args.variant:
-        options["variant"] = args.variant
-    budget = None
-    if args.budget_ms is not None:
-        from edgekit.budget import check_budget
-        from edgekit.formats import detect_format
-
-        budget = check_budget(args.budget_ms, "--budget-ms")
-        if detect_format(Path(args.model)) == "bundle":
-            options["budget_ms"] = budget
-            budget = None  # the budgeted session applies it to every call
-    if args.output:
-        from edgekit._fs import check_writable
-
-        check_writable(Path(args.output), args.force)
-    sess = load(args.model, backend=args.backend, **options)
-    feeds = parse_inputs(args.input) or random_feeds(sess.inputs, seed=args.seed)
-    outs = sess.run(feeds) if budget is None else sess.run(feeds, budget_ms=budget)
+    sess, feeds, budget, bundle = open_model(args, args.output)
+    # a budgeted bundle session applies the budget to every call; a plain model times this call against it
+    outs = sess.run(feeds) if budget is None or bundle else sess.run(feeds, budget_ms=budget)
     rows = [summarize(k, v) for k, v in outs.items()]
     report = {"model": args.model, "backend": sess.backend, "variant": getattr(sess, "variant", None),
               "outputs": rows}
