@@ -8,6 +8,7 @@ kernels, boards ``apple-m1`` and ``apple-m1:metal``), checks the
 composite against ONNX Runtime on the whole model when the host can run it, and writes ``plan.json``:
 
     {"format": "edgekit-composite", "version": 1, "target_format": "tflite", "boards": [...],
+     "host": {"machine": "x86_64", "system": "Linux"},  # what the "host" kernels were built for
      "inputs": [spec...], "outputs": [spec...],
      "steps": [{"name": "step0", "kind": "runtime"|"tvm", "format": "tflite"|"onnx"|"coreml"|"tvm",
                 "artifacts": {"any": "step0.tflite"} | {"host": "step1.host.json", "rpi4": ...},
@@ -20,6 +21,7 @@ Shapes are made static first (dynamic input dims from ``input_shapes`` or 1): TV
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -193,6 +195,7 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
             "format": PLAN_FORMAT, "version": 1, "source": src.name, "target_format": target_format,
             "precision": precision, "boards": boards, "fallback_ops": sorted(set(fallback_ops)),
             "targets": {b: bt.target for b, bt in board_targets.items()},
+            "host": {"machine": platform.machine(), "system": platform.system()},
             "inputs": [_spec(v).to_json() for v in model.graph.input
                        if v.name not in {t.name for t in model.graph.initializer}],
             "outputs": [_spec(v).to_json() for v in model.graph.output],

@@ -9,6 +9,7 @@ and TVM steps view aligned arrays in place (DLPack) in both directions.
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,68 @@ def read_plan(path: Path) -> tuple[dict, Path]:
     return plan, plan_path
 
 
-def _host_board(plan: dict) -> str:
-    """The board whose kernels run here: "host" when built, else the detected board's profile."""
-    boards = plan.get("boards", [])
-    if "host" in boards:
-        return "host"
-    try:
-        from edgekit.boards import detect
+#: other spellings of an architecture, as platform.machine() and target triples give them
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
 
-        found = detect()
-        name = getattr(found, "name", found)
-        if name in boards:
-            return name
-    except Exception:  # noqa: BLE001 - detection is best effort
-        pass
-    raise ModelLoadError(f"the composite has TVM kernels for {', '.join(boards)}, none for this machine; "
-                         "open it with board=NAME or rebuild it with --board host")
+
+def _norm_arch(arch: str) -> str:
+    arch = str(arch).strip().lower()
+    return _ARCH_ALIASES.get(arch, arch)
+
+
+def _board_platform(plan: dict, board: str) -> tuple[str, str] | None:
+    """(architecture, system) a board's kernels are built for, from the plan's TVM target or its profile."""
+    target = (plan.get("targets") or {}).get(board)
+    if not isinstance(target, dict):
+        try:
+            from edgekit.boards import get_profile
+
+            target = get_profile(board).tvm_target
+        except Exception:  # noqa: BLE001 - an unknown board just cannot be matched
+            return None
+    triple = str(target.get("mtriple", "")).lower()
+    if not triple:
+        return None
+    system = "Darwin" if ("apple" in triple or "darwin" in triple or "macos" in triple) else "Linux"
+    return _norm_arch(triple.split("-")[0]), system
+
+
+def _host_board(plan: dict, machine: str | None = None, system: str | None = None,
+                detected: str | None = None) -> str:
+    """The board whose kernels run here.
+
+    1. ``"host"`` when built and built for this architecture and OS (plans record ``host.machine``; older plans
+       without it are trusted); 2. the detected board (``edgekit.boards.detect()``) when the plan has it; 3. the
+       first board whose TVM target has this machine's architecture and OS (device boards such as
+       ``apple-m1:metal`` are chosen only by name). ``machine``/``system``/``detected`` are for tests.
+    """
+    boards = list(plan.get("boards", []))
+    machine = _norm_arch(machine or platform.machine())
+    system = system or platform.system()
+    built = plan.get("host")
+    if "host" in boards:
+        if not isinstance(built, dict) or (_norm_arch(built.get("machine", machine)) == machine
+                                           and built.get("system", system) == system):
+            return "host"
+    if detected is None:
+        try:
+            from edgekit.boards import detect
+
+            found = detect()
+            detected = getattr(found, "name", found)
+        except Exception:  # noqa: BLE001 - detection is best effort
+            detected = None
+    if detected in boards:
+        return detected
+    for b in boards:
+        if b != "host" and ":" not in b and _board_platform(plan, b) == (machine, system):
+            return b
+    built_for = {b: (f"{built.get('machine')}/{built.get('system')}" if b == "host" and isinstance(built, dict)
+                     else "/".join(_board_platform(plan, b) or ("?",))) for b in boards}
+    raise ModelLoadError(
+        "the composite has TVM kernels for " + ", ".join(f"{b} ({p})" for b, p in built_for.items())
+        + f", none for this machine ({machine}/{system}, detected board {detected or 'unknown'}); "
+        "open it with board=NAME or rebuild it with --board host (or this board's name)")
 
 
 class _Step:
