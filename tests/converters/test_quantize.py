@@ -49,7 +49,7 @@ def test_variant_matches_fp32(tmp_path, name, builder, precision, min_cos):
 
 def test_static_int8_is_qdq_per_channel(tmp_path):
     src, ins = _canon(models.cnn(), tmp_path, "cnn")
-    dst = quantize.static_int8(src, tmp_path / "q.onnx", calibration.synthetic(ins, 8), ins)
+    dst = quantize.static_int8(src, tmp_path / "q.onnx", calibration.synthetic(ins, 8), ins, float_stem=False)
     m = onnx.load(str(dst))
     ops = [n.op_type for n in m.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -96,3 +96,46 @@ def test_calibration_methods(tmp_path, method):
     f = calibration.samples(cal, ins)[0]
     (k, r), = models.ort_reference(src, f).items()
     assert _cos(r, models.ort_reference(dst, f)[k]) >= 0.98     # looser: histogram methods clip outliers
+
+
+def _dw_model():
+    """image[1,3,8,8] -> stem Conv -> Clip(0,6) -> depthwise 3x3 -> Clip -> pointwise 1x1 (an MBConv in small)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "stem_w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (16, 1, 3, 3)).astype(np.float32), "dw_w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 16, 1, 1)).astype(np.float32), "pw_w"),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["image", "stem_w"], ["s"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Clip", ["s", "lo", "hi"], ["s6"], name="clip1"),
+             helper.make_node("Conv", ["s6", "dw_w"], ["d"], pads=[1, 1, 1, 1], group=16, name="dw"),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="clip2"),
+             helper.make_node("Conv", ["d6", "pw_w"], ["out"], name="pw")]
+    g = helper.make_graph(nodes, "mb", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_int8_weight_bits_and_float_stem(tmp_path):
+    """Regression: 7-bit weights only where x86 u8s8 GEMM kernels saturate; depthwise 8-bit; image stem float."""
+    src, ins = _canon(_dw_model(), tmp_path, "mb")
+    cal = calibration.synthetic(ins, 16, seed=2)
+    dst = quantize.static_int8(src, tmp_path / "q.onnx", cal, ins)
+    m = onnx.load(str(dst))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    convs = {n.name: n for n in m.graph.node if n.op_type == "Conv"}
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def qweight(conv):
+        dq = producer.get(convs[conv].input[1])
+        return None if dq is None or dq.op_type != "DequantizeLinear" else inits[dq.input[0]]
+
+    assert qweight("stem") is None and "stem_w" in inits            # the 3-channel stem stays float
+    assert np.abs(qweight("dw")).max() == 127                       # depthwise: full 8-bit per-channel range
+    assert np.abs(qweight("pw")).max() <= 64                        # GEMM-like: 7-bit (no VPMADDUBSW saturation)
+    feeds = calibration.samples(cal, ins)[:4]
+    for f in feeds:
+        (k, r), = models.ort_reference(src, f).items()
+        assert _cos(r, models.ort_reference(dst, f)[k]) >= 0.99      # int8 vs fp32 on its calibration inputs
