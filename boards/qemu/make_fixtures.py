@@ -4,8 +4,11 @@
 
 OUT_DIR gets: ``cnn.onnx`` and ``mlp.onnx`` (from tests/models.py), ``cnn.tflite`` (edgekit's TFLite exporter, when
 installed), ``cnn.bundle`` (an edgekit bundle with the ONNX and TFLite variants), ``frames/`` (images),
-``inputs.npz`` and ``ref_*.npz`` (the host's outputs: plain onnxruntime, LiteRT), ``ref_piapp.jsonl`` (the Pi
-app's results on the host) and ``fixtures.json`` (what was built, and why something was not).
+``bert.composite/`` (a BERT block as ONNX segments plus TVM kernels for Softmax and Erf, compiled for the host
+and cross-compiled for rpi4, when TVM and the aarch64 cross compiler are installed), ``inputs.npz`` and
+``ref_*.npz`` (the host's outputs: plain onnxruntime, LiteRT, the composite on its host kernels),
+``ref_piapp.jsonl`` (the Pi app's results on the host) and ``fixtures.json`` (what was built, and why something
+was not).
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ def make_tflite(onnx_path: Path, out: Path) -> str | None:
     return None
 
 
+def make_composite(onnx_path: Path, out: Path) -> str | None:
+    """A composite with TVM kernels for the host and rpi4 (Softmax and Erf forced onto TVM); returns why not,
+    or None when built."""
+    import importlib.util
+    import shutil as sh
+
+    if importlib.util.find_spec("tvm") is None:
+        return "apache-tvm is not installed on the host (pip install 'edgekit[tvm]')"
+    if sh.which("aarch64-linux-gnu-g++") is None:
+        return "aarch64-linux-gnu-g++ is not installed (apt-get install g++-aarch64-linux-gnu)"
+    from edgekit.converters.composite import build_composite
+
+    build_composite(onnx_path, out, "onnx", fallback_ops=["Softmax", "Erf"], boards=["host", "rpi4"])
+    return None
+
+
 def build(out: Path) -> dict:
     import edgekit
     from edgekit.apps import piapp
@@ -87,6 +106,16 @@ def build(out: Path) -> dict:
         w.add_variant("onnx-fp32", "onnx", "fp32", cnn, ins, outs, validation={"passed": True, "cosine": 1.0})
     info["built"].append("cnn.bundle")
 
+    bert = models.save(models.bert_block(), out / "bert.onnx")
+    why = make_composite(bert, out / "bert.composite")
+    if why is None:
+        ids = rng.integers(0, 100, (1, 8), dtype=np.int64)
+        with edgekit.load(out / "bert.composite", board="host") as sess:
+            np.savez(out / "ref_composite.npz", input_ids=ids, **sess.run({"input_ids": ids}))
+        info["built"].append("bert.composite")
+    else:
+        info["skipped"]["bert.composite"] = why
+
     frames = make_frames(out / "frames")
     rc = piapp.main(["--model", str(out / "cnn.bundle"), "--frames", str(frames), "--jsonl",
                      str(out / "ref_piapp.jsonl"), "--top", "3"])
@@ -96,6 +125,10 @@ def build(out: Path) -> dict:
     import onnxruntime
 
     info["host"] = {"onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    if "bert.composite" in info["built"]:
+        from importlib.metadata import version
+
+        info["host"]["apache-tvm"] = version("apache-tvm")  # the guest's TVM runtime must match
     (out / "fixtures.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -21,6 +21,10 @@ PYTHON="${PYTHON:-python3}"
 QEMU_CPU="${QEMU_CPU:-cortex-a72}"
 # the guest's runtime-only install: edgekit's core dependencies, the TFLite extra, and pytest
 WHEELS=(numpy onnx onnxruntime pillow tqdm ai-edge-litert pytest)
+# TVM runtime-only, at the host's version (the host compiles the kernels the guest runs); its compiler library
+# (~240 MB) is removed from the guest's copy, so `import tvm` loads the runtime only
+TVM_VERSION=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('apache-tvm'))" 2>/dev/null || true)
+[ -n "$TVM_VERSION" ] && WHEELS+=("apache-tvm==$TVM_VERSION")
 START=$(date +%s)
 
 log() { printf '[qemu %3ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
@@ -85,7 +89,8 @@ GUEST=(qemu-aarch64 -cpu "$QEMU_CPU" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11"
     || { echo "FAILED: the arm64 python does not start under qemu-aarch64"; exit 1; }
 
 # ---------------------------------------------------------------- 3. aarch64 wheels
-SITE_KEY=$(printf '%s\n' "$RECIPE" "${WHEELS[@]}" | key -)
+SITE_RECIPE=2  # 2: TVM runtime-only (libtvm_compiler.so removed)
+SITE_KEY=$(printf '%s\n' "$RECIPE" "$SITE_RECIPE" "${WHEELS[@]}" | key -)
 SITE="$CACHE/site-py311-$SITE_KEY"
 if [ ! -f "$SITE/.complete" ]; then
     log "installing aarch64 wheels: ${WHEELS[*]}"
@@ -94,6 +99,9 @@ if [ ! -f "$SITE/.complete" ]; then
     rm -rf "$SITE.tmp"
     quiet "$PYTHON" -m pip install -q --disable-pip-version-check --no-warn-script-location --target "$SITE.tmp" \
         --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 "${PLAT[@]}" "${WHEELS[@]}"
+    # the board runs kernels compiled on the host: only the TVM runtime is needed (tvm falls back to
+    # runtime-only when the compiler library is absent); CUDA runtime too: no GPU on a Pi
+    rm -f "$SITE.tmp"/tvm/lib/libtvm_compiler.so "$SITE.tmp"/tvm/lib/libtvm_runtime_cuda.so
     touch "$SITE.tmp/.complete"
     rm -rf "$SITE"; mv "$SITE.tmp" "$SITE"
 fi

@@ -62,6 +62,47 @@ def test_bundle_through_the_facade(fixtures):
     np.testing.assert_allclose(got["probs"], ref["probs"], rtol=RTOL, atol=ATOL)
 
 
+def _mapped_libraries() -> set[str]:
+    """Paths of the shared objects mapped into this process (qemu-user emulates /proc/self/maps)."""
+    try:
+        text = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {f[-1] for f in (line.split() for line in text.splitlines()) if len(f) >= 6 and ".so" in f[-1]}
+
+
+def test_composite_runs_the_boards_tvm_kernels(fixtures, built):
+    """A composite made on the host (ONNX segments + TVM kernels for host and rpi4): on the board its rpi4
+    (aarch64) kernels run, loaded by the TVM runtime alone, and give the host's outputs. fp32 TVM kernels
+    (LLVM, x86 vs NEON) and ONNX Runtime segments differ only in summation order: atol 1e-5."""
+    if "bert.composite" not in built["built"]:
+        pytest.skip(f"no composite fixture: {built['skipped'].get('bert.composite')}")
+    if importlib.util.find_spec("tvm") is None:
+        pytest.skip("apache-tvm (the TVM runtime) is not installed here")
+    ref = np.load(fixtures / "ref_composite.npz")
+    folder = fixtures / "bert.composite"
+    plan = json.loads((folder / "plan.json").read_text())
+    want = "rpi4" if ON_ARM else "host"
+    with edgekit.load(folder) as sess:
+        assert sess.backend == "composite"
+        runner = sess._runner
+        assert runner.board == want and runner.backends == ["onnxruntime", "tvm"]
+        got = sess.run({"input_ids": ref["input_ids"]})
+        libs = _mapped_libraries()
+    np.testing.assert_allclose(got["hidden"], ref["hidden"], rtol=RTOL, atol=ATOL)
+    kernels = {b: {str((folder / json.loads((folder / s["artifacts"][b]).read_text())["library"]).resolve())
+                   for s in plan["steps"] if s["kind"] == "tvm"} for b in plan["boards"]}
+    assert len(kernels[want]) == 2  # Softmax and Erf segments
+    if libs:  # the chosen board's libraries are the ones loaded, not the other board's
+        assert kernels[want] <= libs, (kernels, sorted(libs))
+        assert not kernels["host" if want == "rpi4" else "rpi4"] & libs
+    if ON_ARM:
+        import tvm.base
+
+        # runtime-only TVM on the board: no compiler library loaded
+        assert tvm.base._RUNTIME_ONLY and not any(Path(x).name == "libtvm_compiler.so" for x in libs)
+
+
 def test_piapp_loop_matches_host(fixtures, tmp_path):
     from edgekit.apps import piapp
 
