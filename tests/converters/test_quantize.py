@@ -106,13 +106,15 @@ def _dw_model():
     inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "stem_w"),
              numpy_helper.from_array(rng.normal(0, 0.3, (16, 1, 3, 3)).astype(np.float32), "dw_w"),
              numpy_helper.from_array(rng.normal(0, 0.3, (8, 16, 1, 1)).astype(np.float32), "pw_w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "dw_b"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "pw_b"),
              numpy_helper.from_array(np.array(0, np.float32), "lo"),
              numpy_helper.from_array(np.array(6, np.float32), "hi")]
     nodes = [helper.make_node("Conv", ["image", "stem_w"], ["s"], pads=[1, 1, 1, 1], name="stem"),
              helper.make_node("Clip", ["s", "lo", "hi"], ["s6"], name="clip1"),
-             helper.make_node("Conv", ["s6", "dw_w"], ["d"], pads=[1, 1, 1, 1], group=16, name="dw"),
+             helper.make_node("Conv", ["s6", "dw_w", "dw_b"], ["d"], pads=[1, 1, 1, 1], group=16, name="dw"),
              helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="clip2"),
-             helper.make_node("Conv", ["d6", "pw_w"], ["out"], name="pw")]
+             helper.make_node("Conv", ["d6", "pw_w", "pw_b"], ["out"], name="pw")]
     g = helper.make_graph(nodes, "mb", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -139,3 +141,20 @@ def test_static_int8_weight_bits_and_float_stem(tmp_path):
     for f in feeds:
         (k, r), = models.ort_reference(src, f).items()
         assert _cos(r, models.ort_reference(dst, f)[k]) >= 0.99      # int8 vs fp32 on its calibration inputs
+
+
+def test_bias_correction_removes_the_mean_shift(tmp_path):
+    """Corrected int8 biases cancel the per-channel mean shift that weight rounding adds (vs fp32, ORT)."""
+    src, ins = _canon(_dw_model(), tmp_path, "mb")
+    cal = calibration.synthetic(ins, 16, seed=5)
+    feeds = calibration.samples(cal, ins)
+    ref = np.stack([models.ort_reference(src, f)["out"] for f in feeds]).astype(np.float64)
+    shift, cos = {}, {}
+    for bc in (False, True):
+        dst = quantize.static_int8(src, tmp_path / f"q{bc}.onnx", cal, ins, bias_correction=bc)
+        got = np.stack([models.ort_reference(dst, f)["out"] for f in feeds]).astype(np.float64)
+        shift[bc] = np.abs((got - ref).mean(axis=(0, 1, 3, 4))).mean()     # mean error per output channel
+        cos[bc] = _cos(ref, got)
+    # tolerance: the correction must at least halve the mean channel shift and not lower cosine by > 1e-3
+    assert shift[True] <= 0.5 * shift[False], shift
+    assert cos[True] >= cos[False] - 1e-3, cos
