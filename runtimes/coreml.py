@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailable, EdgekitError, InputError, ModelLoadError
+from edgekit.errors import BackendUnavailable, InputError, ModelLoadError, RunError
 from edgekit.specs import TensorSpec
 
 from . import register
@@ -60,7 +60,7 @@ class CoreMLRunner(Runner):
         try:
             res = self._model.predict(feeds)
         except Exception as exc:
-            raise EdgekitError(f"Core ML failed: {exc}") from exc
+            raise RunError(f"Core ML failed: {exc}") from exc
         names = output_names or [s.name for s in self.outputs]
         return {n: np.asarray(res[n]) for n in names}
 

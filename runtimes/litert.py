@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailable, EdgekitError, InputError, ModelLoadError
+from edgekit.errors import BackendUnavailable, EdgekitError, InputError, ModelLoadError, RunError
 from edgekit.specs import TensorSpec
 
 from . import register
@@ -83,7 +83,7 @@ class LiteRTRunner(Runner):
     def _wrap(self, interp):
         if self._sig_key is not None:
             return interp.get_signature_runner(self._sig_key)
-        return interp
+        return [interp, list(self._in_shapes)]  # each pooled interpreter keeps its own current input shapes
 
     def _acquire(self):
         try:
@@ -105,16 +105,25 @@ class LiteRTRunner(Runner):
         except EdgekitError:
             raise
         except Exception as exc:
-            raise EdgekitError(f"LiteRT failed: {exc}") from exc
+            raise RunError(f"LiteRT failed: {exc}") from exc
         finally:
             self._release(item)
 
-    def _run_indexed(self, interp, feeds, output_names):
+    def close(self) -> None:
+        while True:
+            try:
+                self._pool.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run_indexed(self, item, feeds, output_names):
+        interp, shapes = item
         resized = False
         for i, spec in enumerate(self.inputs):
             value = feeds[spec.name]
-            if value.shape != self._in_shapes[i]:
+            if value.shape != shapes[i]:
                 interp.resize_tensor_input(self._in_index[i], value.shape)
+                shapes[i] = value.shape
                 resized = True
         if resized:
             interp.allocate_tensors()

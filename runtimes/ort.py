@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, InputError, ModelLoadError
+from edgekit.errors import InputError, ModelLoadError, RunError
 from edgekit.specs import TensorSpec
 
 from . import register
@@ -23,10 +23,6 @@ _ORT_DTYPES = {
     "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
     "tensor(string)": np.object_,  # ONNX Runtime takes str and object arrays
 }
-
-
-class RunError(EdgekitError):
-    """A backend failed while running a model."""
 
 
 def _spec(arg) -> TensorSpec:
@@ -54,6 +50,9 @@ class OrtRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise RunError(f"onnxruntime failed: {exc}") from exc
         return dict(zip(names, values))
+
+    def close(self) -> None:
+        self._sess = None
 
 
 @register

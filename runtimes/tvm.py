@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, InputError, ModelLoadError
+from edgekit.errors import InputError, ModelLoadError, RunError
 from edgekit.formats import tvm_sidecar
 from edgekit.specs import TensorSpec
 
@@ -102,7 +102,7 @@ class TvmRunner(Runner):
             args = [_to_tvm(tvm, feeds[s.name], self._dev) for s in self.inputs]
             res = vm[self._entry](*args)
         except Exception as exc:
-            raise EdgekitError(f"TVM failed: {str(exc).splitlines()[0]}") from exc
+            raise RunError(f"TVM failed: {str(exc).splitlines()[0]}") from exc
         finally:
             self._pool.put(vm)
         values = [res] if hasattr(res, "numpy") else list(res)

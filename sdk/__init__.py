@@ -19,6 +19,7 @@ from .errors import (
     MissingExtraError,
     ModelLoadError,
     OutputExistsError,
+    RunError,
     UnsupportedOpError,
     ValidationError,
 )
@@ -31,7 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__", "load", "convert", "backends", "Session", "Bundle", "Variant", "TensorSpec",
     "EdgekitError", "InputError", "ModelLoadError", "BackendUnavailable", "MissingExtraError",
-    "ConversionError", "UnsupportedOpError", "ValidationError", "OutputExistsError", "DeadlineError",
+    "RunError", "ConversionError", "UnsupportedOpError", "ValidationError", "OutputExistsError", "DeadlineError",
     "BoardError",
 ]
 

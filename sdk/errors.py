@@ -22,6 +22,10 @@ class ModelLoadError(EdgekitError):
     exit_code = 2
 
 
+class RunError(EdgekitError):
+    """A backend failed while running a model (the message names the backend and its error)."""
+
+
 class BackendUnavailable(EdgekitError):
     """A backend cannot run here: its package is missing or the platform cannot run it."""
 

@@ -82,3 +82,43 @@ def test_litert_threads_use_a_pool(tflite_mlp):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert not errors, errors[0]
+
+
+def test_litert_indexed_binding_with_changing_batch(tmp_path):
+    """No signature (inputs not in sorted order) and a dynamic batch: each pooled interpreter resizes correctly."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.converters import get_exporter
+
+    exp = get_exporter("tflite")
+    if exp.unavailable_reason():
+        pytest.skip(exp.unavailable_reason())
+    n = helper.make_node
+    g = helper.make_graph(
+        [n("Add", ["zeta", "zeta"], ["z2"]), n("Add", ["z2", "alpha"], ["out"])], "zeta_alpha",
+        [helper.make_tensor_value_info("zeta", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("alpha", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])])
+    src = tmp_path / "zeta_alpha.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    sess = edgekit.load(exp.export(src, tmp_path / "zeta_alpha.tflite", "fp32"))
+    assert [s.name for s in sess.inputs] == ["zeta", "alpha"]
+    rng = np.random.default_rng(0)
+    errors = []
+
+    def work(seed):
+        try:
+            r = np.random.default_rng(seed)
+            for batch in (1, 3, 1, 5, 3, 1):
+                z = r.standard_normal((batch, 4)).astype(np.float32)
+                a = r.standard_normal((batch, 4)).astype(np.float32)
+                np.testing.assert_allclose(sess.run({"zeta": z, "alpha": a})["out"], 2 * z + a, atol=1e-6)
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    work(int(rng.integers(1000)))
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors, errors[0]
