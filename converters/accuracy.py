@@ -92,8 +92,11 @@ def rank_by_activation(float_model: onnx.ModelProto, variant_path: Path, feeds: 
         in_errs = [e for e in in_errs if np.isfinite(e)]
         if np.isfinite(out_err):
             scores[c] = out_err - (max(in_errs) if in_errs else 0.0)
+            if out_err < 1e-6:     # exact in the variant already (a stem kept float): keeping it gains nothing
+                scores[c] = -np.inf
     ranked = sorted(scores, key=lambda c: -scores[c])
-    return ranked + [c for c in candidates if c not in scores]
+    return [c for c in ranked if scores[c] > -np.inf] + [c for c in candidates if c not in scores] + \
+        [c for c in ranked if scores[c] == -np.inf]
 
 
 def rank_by_single(candidates: Sequence[str], score_only: Callable[[str], float]) -> list[str]:
