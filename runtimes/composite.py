@@ -36,9 +36,18 @@ def read_plan(path: Path) -> tuple[dict, Path]:
     except ValueError as exc:
         raise ModelLoadError(f"{plan_path}: invalid JSON ({exc})") from None
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-        raise ModelLoadError(f"{plan_path}: not an edgekit composite plan (format={plan.get('format')!r})")
+        fmt = plan.get("format") if isinstance(plan, dict) else type(plan).__name__
+        raise ModelLoadError(f"{plan_path}: not an edgekit composite plan (format={fmt!r})")
     if not plan.get("steps"):
         raise ModelLoadError(f"{plan_path}: the plan has no steps")
+    try:
+        ok = all(s["kind"] in ("runtime", "tvm") and "format" in s and "inputs" in s
+                                         and "outputs" in s for s in plan["steps"])
+        ok = ok and isinstance(plan["inputs"], list) and isinstance(plan["outputs"], list)
+    except (KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{plan_path}: malformed plan ({exc!r})") from None
+    if not ok:
+        raise ModelLoadError(f"{plan_path}: malformed plan (steps need kind, format, inputs and outputs)")
     return plan, plan_path
 
 
@@ -163,6 +172,9 @@ class CompositeRunner(Runner):
             for step in plan["steps"]:
                 arts = step.get("artifacts", {})
                 if step["kind"] == "tvm":
+                    why = get("tvm").unavailable_reason()
+                    if why:
+                        raise BackendUnavailable(f"step {step['name']} needs TVM kernels: {why}")
                     if self.board not in arts:
                         raise ModelLoadError(f"step {step['name']}: no TVM kernel for board {self.board!r}")
                     backend, rel = get("tvm"), arts[self.board]

@@ -47,9 +47,12 @@ def read_signature(path: Path) -> tuple[dict, Path]:
         meta = json.loads(meta_path.read_text())
     except ValueError as exc:
         raise ModelLoadError(f"{meta_path}: invalid JSON ({exc})") from None
-    if meta.get("format") != SIGNATURE_FORMAT:
-        raise ModelLoadError(f"{meta_path}: not an edgekit TVM signature (format={meta.get('format')!r})")
-    lib = meta_path.parent / meta.get("library", meta_path.with_suffix(".so").name)
+    if not isinstance(meta, dict) or meta.get("format") != SIGNATURE_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelLoadError(f"{meta_path}: not an edgekit TVM signature (format={fmt!r})")
+    if not isinstance(meta.get("inputs"), list) or not isinstance(meta.get("outputs"), list):
+        raise ModelLoadError(f"{meta_path}: the signature needs lists of inputs and outputs")
+    lib = meta_path.parent / str(meta.get("library", meta_path.with_suffix(".so").name))
     if lib.resolve().parent != meta_path.parent.resolve():
         raise ModelLoadError(f"{meta_path}: library path {meta.get('library')!r} leaves its folder")
     if not lib.is_file():

@@ -89,21 +89,24 @@ class Bundle:
             self.manifest: dict = json.loads(mpath.read_text())
         except ValueError as exc:
             raise ModelLoadError(f"{mpath}: invalid JSON ({exc})") from None
+        if not isinstance(self.manifest, dict):
+            raise ModelLoadError(f"{mpath}: the manifest is not a JSON object")
         version = self.manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ModelLoadError(f"{mpath}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
         try:
             self.variants = [Variant.from_json(v) for v in self.manifest["variants"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            for v in self.variants:
+                for rel in [v.path] + [f["path"] for f in v.files]:
+                    self._inside(rel)
+                _ = [f["sha256"] for f in v.files]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{mpath}: malformed variant entry ({exc!r})") from None
-        for v in self.variants:
-            for rel in [v.path] + [f["path"] for f in v.files]:
-                self._inside(rel)
 
     def _inside(self, rel: str) -> Path:
         root = self.path.resolve()
-        p = (root / rel).resolve()
-        if p != root and root not in p.parents:
+        p = (root / str(rel)).resolve()
+        if root not in p.parents:  # the bundle root itself is no artifact either
             raise ModelLoadError(f"{self.path}: manifest path {rel!r} leaves the bundle folder")
         return p
 
@@ -117,13 +120,35 @@ class Bundle:
         return self._inside(v.path)
 
     def verify(self, v: Variant) -> None:
-        """Check that ``v``'s artifact and companion files exist and match their sha256."""
+        """Check, before anything is opened, that ``v``'s artifact is what the manifest says it is.
+
+        Every file that will be loaded must be hashed in the manifest: the artifact (a folder - .mlpackage or a
+        composite - is hashed as a whole tree) and its companions; a TVM signature's library must be one of them.
+        """
+        from .formats import detect_format
+
+        hashed = {}
         for rel, digest in [(v.path, v.sha256)] + [(f["path"], f["sha256"]) for f in v.files]:
             p = self._inside(rel)
             if not p.exists():
                 raise ModelLoadError(f"{self.path}: variant {v.id}: {rel} is missing")
             if sha256_path(p) != digest:
                 raise ModelLoadError(f"{self.path}: variant {v.id}: sha256 of {rel} does not match the manifest")
+            hashed[p] = rel
+        art = self._inside(v.path)
+        fmt = detect_format(art)
+        if fmt != v.format:
+            raise ModelLoadError(f"{self.path}: variant {v.id} is declared {v.format!r} but {v.path} is {fmt!r}")
+        if fmt == "composite" and not art.is_dir():
+            raise ModelLoadError(f"{self.path}: variant {v.id}: a composite must be its folder (hashed as a whole)")
+        if fmt == "tvm":
+            from .runtimes.tvm import read_signature
+
+            meta_path = art if art.suffix == ".json" else art.with_suffix(".json")
+            _, lib = read_signature(art)
+            for needed in (meta_path, lib):
+                if needed.resolve() not in hashed:
+                    raise ModelLoadError(f"{self.path}: variant {v.id}: {needed.name} is not hashed in the manifest")
 
     def runnable(self, backend: str = "auto") -> list[Variant]:
         """Variants some usable backend here can run, best first."""

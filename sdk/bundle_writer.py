@@ -66,6 +66,15 @@ class BundleWriter:
                     pruning: str | None = None, companions: list[str | Path] = (), **extra: Any) -> Variant:
         """Register an artifact (copied in if it lies outside the bundle) and its companion files."""
         assert self.tmp is not None, "use BundleWriter as a context manager"
+        companions = [Path(c) for c in companions]
+        if fmt == "tvm":  # the library and its signature are loaded together: both are hashed
+            from .runtimes.tvm import read_signature
+
+            src = Path(artifact)
+            sidecar = src if src.suffix == ".json" else src.with_suffix(".json")
+            for c in (sidecar, read_signature(src)[1]):
+                if c.resolve() != src.resolve() and c.resolve() not in [x.resolve() for x in companions]:
+                    companions.append(c)
         rel = self._adopt(Path(artifact), vid)
         files = []
         for c in companions:

@@ -1,0 +1,73 @@
+"""Bundle loading checks every manifest path, hash and declared format before anything is opened."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit import ModelLoadError
+from edgekit.bundle_writer import BundleWriter
+
+
+def _bundle(tmp_path, artifact, fmt="onnx", **kw):
+    sess = edgekit.load(artifact)
+    with BundleWriter(tmp_path / "b") as w:
+        w.add_variant("v", fmt, "fp32", artifact, sess.inputs, sess.outputs, validation={"passed": True}, **kw)
+    return tmp_path / "b"
+
+
+def test_a_good_bundle_loads_and_runs(tmp_path, mlp_onnx):
+    b = _bundle(tmp_path, mlp_onnx)
+    out = edgekit.load(b).run({"x": np.ones((2, 16), np.float32)})["logits"]
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("manifest, pattern", [
+    ([], "not a JSON object"),
+    ({"schema_version": 99, "variants": []}, "unsupported schema_version"),
+    ({"schema_version": 1, "variants": [{"id": "v"}]}, "malformed variant"),
+    ({"schema_version": 1, "variants": [{"id": "v", "format": "onnx", "path": "../x.onnx", "sha256": "0"}]},
+     "leaves the bundle"),
+    ({"schema_version": 1, "variants": [{"id": "v", "format": "onnx", "path": ".", "sha256": "0"}]},
+     "leaves the bundle"),
+    ({"schema_version": 1, "variants": [{"id": "v", "format": "onnx", "path": "m.onnx", "sha256": "0",
+                                         "files": [{"sha256": "0"}]}]}, "malformed variant"),
+])
+def test_malformed_manifests(tmp_path, manifest, pattern):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=pattern):
+        edgekit.load(tmp_path / "b")
+
+
+def test_tampered_artifact_is_refused(tmp_path, mlp_onnx, cnn_onnx):
+    b = _bundle(tmp_path, mlp_onnx)
+    rel = json.loads((b / "manifest.json").read_text())["variants"][0]["path"]
+    shutil.copy(cnn_onnx, b / rel)
+    with pytest.raises(ModelLoadError, match="sha256"):
+        edgekit.load(b)
+
+
+def test_declared_format_must_match_the_artifact(tmp_path, tvm_mlp):
+    b = _bundle(tmp_path, tvm_mlp, fmt="tvm")
+    m = json.loads((b / "manifest.json").read_text())
+    m["variants"][0]["format"] = "onnx"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelLoadError, match="declared 'onnx'"):
+        edgekit.Bundle(b).load("v", backend="auto")
+
+
+def test_tvm_library_and_signature_are_both_hashed(tmp_path, tvm_mlp):
+    b = _bundle(tmp_path, tvm_mlp.with_suffix(".json"), fmt="tvm")
+    v = json.loads((b / "manifest.json").read_text())["variants"][0]
+    assert {f["path"].rsplit("/", 1)[-1] for f in v["files"]} == {"mlp.so"}   # the library rides along, hashed
+    assert edgekit.load(b).run({"x": np.zeros((3, 16), np.float32)})["logits"].shape == (3, 10)
+    # a manifest that leaves the native library unhashed is refused before anything is loaded
+    v["files"] = []
+    (b / "manifest.json").write_text(json.dumps({**json.loads((b / "manifest.json").read_text()), "variants": [v]}))
+    with pytest.raises(ModelLoadError, match="mlp.so is not hashed"):
+        edgekit.load(b)
