@@ -192,7 +192,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 if progress:
                     bar.set_postfix_str(vid)
                 exp = get_exporter(fmt)
-                fmt_rec = fmt
+                fmt_rec, v_in, v_out = fmt, inputs, outputs
                 t1 = time.perf_counter()
                 art = w.path_for(f"{vid}/model{exp.suffix}")
                 kw = dict(opts.get(fmt, {}))
@@ -234,8 +234,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     # the target lacks an op (or ops are forced onto TVM): runtime segments + TVM kernels
                     _rm(art)
                     try:
-                        path, val = _composite(w, vid, src_path, fmt, prec, fallback_ops, boards, calib_part,
-                                               check, force)
+                        path, val, v_in, v_out = _composite(w, vid, src_path, fmt, prec, fallback_ops, boards,
+                                                            calib_part, check, force)
                     except EdgekitError as exc2:
                         if explicit or fallback_ops:
                             raise
@@ -253,7 +253,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k == "params"})
                 secs = time.perf_counter() - t1
-                w.add_variant(vid, fmt_rec, prec, path, inputs, outputs, validation=val,
+                w.add_variant(vid, fmt_rec, prec, path, v_in, v_out, validation=val,
                               pruning=str(spec) if spec else None, seconds=round(secs, 2))
                 rows.append({"id": vid, "format": fmt_rec, "precision": prec, "pruning": str(spec) if spec else None,
                              "size": size_of(path), "validation": val, "seconds": secs})
@@ -268,16 +268,26 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
 
 
 def _composite(w: BundleWriter, vid: str, src_path: Path, fmt: str, prec: str, fallback_ops: list[str],
-               boards: list[str], calib, check, force: bool) -> tuple[Path, dict]:
-    """Build ``vid`` as a composite folder (plan.json + runtime segments + TVM kernels) and validate it."""
+               boards: list[str], calib, check, force: bool) -> tuple[Path, dict, list, list]:
+    """Build ``vid`` as a composite folder (plan.json + runtime segments + TVM kernels) and validate it.
+
+    Returns (folder, validation, inputs, outputs): a composite's shapes are static (TVM kernels are), so its
+    specs are the plan's, not the source's dynamic ones.
+    """
+    import json
+
+    from edgekit.specs import TensorSpec
+
     from .composite import build_composite
 
     folder = w.path_for(f"{vid}+tvm/composite")
     plan = build_composite(src_path, folder, fmt, fallback_ops=fallback_ops, boards=["host", *boards],
                            precision=prec, calibration=calib, force=True)
-    del plan
+    meta = json.loads(Path(plan).read_text())
+    specs_in = [TensorSpec.from_json(x) for x in meta["inputs"]]
+    specs_out = [TensorSpec.from_json(x) for x in meta["outputs"]]
     # where no runtime here runs the target's segments (Core ML on Linux), its exporter's graph check does
-    return folder, check(folder, "composite", _CompositeGraphCheck(get_exporter(fmt), fmt))
+    return folder, check(folder, "composite", _CompositeGraphCheck(get_exporter(fmt), fmt)), specs_in, specs_out
 
 
 class _CompositeGraphCheck:

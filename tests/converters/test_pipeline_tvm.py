@@ -61,3 +61,14 @@ def test_cli_unknown_board_lists_known_ones(tmp_path, capsys, mlp_onnx):
     err = capsys.readouterr().err
     assert code == 2 and "rpi4" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_composite_variants_record_their_static_shapes(tmp_path, mlp_onnx):
+    """TVM kernels are static: the composite variant's manifest specs are the plan's (batch 1), not N."""
+    b = edgekit.convert(mlp_onnx, tmp_path / "b", targets=["onnx"], quantize=["fp32"], fallback_ops=["Relu"],
+                        progress=False)
+    (v,) = b.variants
+    assert v.format == "composite" and v.inputs[0].shape == (1, 16)
+    assert b.manifest["inputs"][0]["shape"] == ["N", 16]   # the source stays dynamic
+    with pytest.raises(edgekit.InputError, match="dim 0 must be 1, got 2"):
+        edgekit.load(b.path).run({"x": np.zeros((2, 16), np.float32)})
