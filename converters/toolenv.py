@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,13 +172,29 @@ def run_tool(env: ToolEnv, args: list[str], cwd: Path, timeout: float | None = N
                             text=True, bufsize=1, env=child_env)
     assert proc.stdout is not None
     out = []
-    for line in proc.stdout:
-        out.append(line)
-        if on_line is not None:
-            on_line(line)
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
         proc.kill()
+
+    watchdog = threading.Timer(timeout, expire) if timeout else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        for line in proc.stdout:       # ends when the child exits or the watchdog kills it
+            out.append(line)
+            if on_line is not None:
+                on_line(line)
+        code = proc.wait()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if proc.poll() is None:        # interrupted (Ctrl-C): never leave the tool running
+            proc.kill()
+            proc.wait()
+    if timed_out.is_set():
+        out.append(f"\n[edgekit] killed after {timeout:.0f} s (timeout)\n")
         code = -9
     return code, "".join(out)

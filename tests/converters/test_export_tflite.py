@@ -277,3 +277,19 @@ def test_standalone_erf_runs_without_flex(tool_env, tmp_path):
     x = np.linspace(-3, 3, 16, dtype=np.float32)[None]
     got = next(iter(sess.run({"x": x}).values()))
     np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-5)  # polynomial erf
+
+
+def test_tool_timeout_kills_the_child(tmp_path):
+    """A hung converter is killed at its timeout (the watchdog does not wait for the child's output to end)."""
+    import time
+
+    from edgekit.converters import toolenv
+
+    why = toolenv.unavailable_reason() if callable(getattr(toolenv, "unavailable_reason", None)) else None
+    if why:
+        pytest.skip(why)
+    t0 = time.perf_counter()
+    code, out = toolenv.run_tool(toolenv.ONNX2TF, ["-c", "import time; print('up', flush=True); time.sleep(60)"],
+                                 tmp_path, timeout=2)
+    assert code == -9 and "timeout" in out and out.startswith("up")
+    assert time.perf_counter() - t0 < 30
