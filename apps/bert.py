@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DeadlineError, InputError, ModelLoadError
+from edgekit.errors import DeadlineError, InputError, ModelLoadError, OutputExistsError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 BUCKETS = (16, 32, 64, 128)
@@ -139,7 +139,10 @@ def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "i
             Bundle(out)
             return out
         except ModelLoadError:
-            force = True
+            if cache_dir().resolve() not in out.resolve().parents:   # never replace a user's folder silently
+                raise OutputExistsError(f"{out} exists and is not an edgekit bundle; pass force=True to replace it"
+                                        ) from None
+        force = True  # a broken cache entry: rebuild it
     print(f"preparing {MODEL_NAME} (once): export to ONNX, convert to onnx x {', '.join(quantize)}", file=sys.stderr)
     calib = Tokenizer()(list(CALIBRATION_TEXTS), 32)
     with tempfile.TemporaryDirectory(prefix="edgekit-bert-") as tmp:

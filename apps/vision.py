@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError, ModelLoadError
+from edgekit.errors import InputError, ModelLoadError, OutputExistsError
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -175,8 +175,10 @@ def prepare(out: str | Path | None = None, targets: Sequence[str] | None = None,
             Bundle(out)
             return out
         except ModelLoadError:
-            pass  # a broken cache entry: rebuild it
-        force = True
+            if cache_dir().resolve() not in out.resolve().parents:   # never replace a user's folder silently
+                raise OutputExistsError(f"{out} exists and is not an edgekit bundle; pass force=True to replace it"
+                                        ) from None
+        force = True  # a broken cache entry: rebuild it
     _log(f"preparing {MODEL_NAME} (once): export to ONNX, convert to {', '.join(targets)} x {', '.join(quantize)}")
     calib = np.concatenate([preprocess(im) for im in sample_photos().values()] + _augmented_photos(), axis=0)
     with tempfile.TemporaryDirectory(prefix="edgekit-vision-") as tmp:

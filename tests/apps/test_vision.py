@@ -117,3 +117,12 @@ def test_cli_vision(tmp_path, vision_bundle, capsys):
     bad.write_bytes(b"\x89PNG broken")
     assert main(["app", "vision", str(bad), "--bundle", str(vision_bundle)]) == 2
     assert "not a readable image" in capsys.readouterr().err
+
+
+def test_prepare_never_replaces_a_users_folder(tmp_path):
+    from edgekit.errors import OutputExistsError
+
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not an edgekit bundle"):
+        vision.prepare(out=tmp_path, progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
