@@ -78,7 +78,11 @@ class BudgetedSession:
             self.inputs, self.outputs = list(sess.inputs), list(sess.outputs)
         self.profile_cache: ProfileCache | None = None
         self.profile = self._profile(profile, cache_dir)
-        ids = [v.id for v in self.candidates]
+        # most accurate first; among equally accurate variants (e.g. the same fp32 model in two formats) the one
+        # measured faster here comes first, so the budget keeps the most headroom at no cost in accuracy
+        acc = {v.id: v.accuracy for v in self.candidates}
+        ids = sorted((v.id for v in self.candidates),
+                     key=lambda v: (-round(acc[v], 4), float(self.profile[v]["p50_ms"])))
         self.model = LatencyModel(ids, self.profile, quantile=quantile, window=window, margin=margin,
                                   dwell=dwell, probe_every=probe_every, horizon=horizon)
         self.accuracy = {v.id: v.accuracy for v in self.candidates}

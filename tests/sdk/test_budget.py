@@ -175,3 +175,19 @@ def test_threads_share_a_budgeted_session(bundle):
     assert all(np.allclose(o, ref, atol=1e-5) or np.allclose(o, pruned, atol=1e-5) for o in outs)
     assert sum(np.allclose(o, ref, atol=1e-5) for o in outs) >= 20
     assert len(history) == 40
+
+
+def test_equally_accurate_variants_prefer_the_faster(bundle, tmp_path):
+    """Two variants with the same validated accuracy: the one measured faster here is chosen first."""
+    import json
+    import shutil
+
+    tied = tmp_path / "tied.bundle"
+    shutil.copytree(bundle, tied)
+    m = json.loads((tied / "manifest.json").read_text())
+    for v in m["variants"]:  # the narrow (pruned) model claims the same accuracy as fp32
+        v["validation"] = dict(m["variants"][0]["validation"])
+    (tied / "manifest.json").write_text(json.dumps(m))
+    with edgekit.load(tied, budget_ms=10_000, **FAST) as s:
+        s.run(_x(8))
+        assert s.last_run["variant"] == "pruned"   # ~30x less work per call than fp32
