@@ -23,6 +23,7 @@ from .bundle import Bundle, Variant
 from .errors import BackendUnavailable, DeadlineError, InputError
 from .latency import LatencyModel
 from .profile_cache import ProfileCache, measure
+from .session import ThreadLastRun
 from .specs import TensorSpec, normalize_feeds, random_feeds
 
 #: per-variant latencies kept for ``stats()`` percentiles, and run records kept in ``history``
@@ -39,7 +40,7 @@ def check_budget(budget_ms: Any, what: str = "budget_ms") -> float:
     return value
 
 
-class BudgetedSession:
+class BudgetedSession(ThreadLastRun):
     """A bundle opened under a latency budget: ``run(feeds)`` picks a variant per call.
 
     - ``budget_ms``: the default budget of each call (``run(..., budget_ms=...)`` overrides it per call).

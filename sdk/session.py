@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,20 @@ from .errors import InputError
 from .specs import TensorSpec, normalize_feeds
 
 
-class Session:
+class ThreadLastRun:
+    """``last_run`` per thread: a session shared between threads reports to each the record of its own last call."""
+
+    @property
+    def last_run(self) -> dict | None:
+        tls = self.__dict__.setdefault("_tls", threading.local())
+        return getattr(tls, "record", None)
+
+    @last_run.setter
+    def last_run(self, value: dict | None) -> None:
+        self.__dict__.setdefault("_tls", threading.local()).record = value
+
+
+class Session(ThreadLastRun):
     """Run a model: ``session.run({"x": array})`` -> ``{"y": array}``.
 
     Inputs are checked (names, rank, static dims, dtype) before the backend sees them.

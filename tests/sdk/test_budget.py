@@ -191,3 +191,22 @@ def test_equally_accurate_variants_prefer_the_faster(bundle, tmp_path):
     with edgekit.load(tied, budget_ms=10_000, **FAST) as s:
         s.run(_x(8))
         assert s.last_run["variant"] == "pruned"   # ~30x less work per call than fp32
+
+
+def test_last_run_is_per_thread(bundle):
+    """Each thread reads the record of its own last call, not another thread's."""
+    import threading
+
+    with edgekit.load(bundle, budget_ms=10_000, **FAST) as s:
+        seen = {}
+
+        def work(rows: int) -> None:
+            for _ in range(5):
+                s.run(_x(rows))
+                seen.setdefault(rows, []).append(s.last_run["latency_ms"] is not None and s.last_run)
+
+        ts = [threading.Thread(target=work, args=(r,)) for r in (1, 2, 3)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert s.last_run is None   # this thread ran nothing
+        assert all(len(v) == 5 and all(v) for v in seen.values())
