@@ -58,8 +58,12 @@ class FolderSource:
 
         while True:
             for path in self.files:
-                with Image.open(path) as im:
-                    yield path.name, np.asarray(im.convert("RGB"))
+                try:
+                    with Image.open(path) as im:
+                        frame = np.asarray(im.convert("RGB"))
+                except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                    raise InputError(f"--frames: {path} is not a readable image ({exc})") from None
+                yield path.name, frame
             if not self.loop:
                 return
 
@@ -156,7 +160,8 @@ def input_layout(shape: Sequence) -> tuple[str, int, int]:
 def preprocess(rgb: np.ndarray, shape: Sequence, dtype: Any = np.float32, norm: str = "unit") -> np.ndarray:
     """An RGB uint8 frame -> one batch of the model input: bilinear resize, normalize, channel layout.
 
-    Float inputs get ``(x/255 - mean) / std`` (``norm``); integer inputs get the raw 0..255 pixels.
+    Float inputs get ``(x/255 - mean) / std`` (``norm``); uint8 inputs the raw 0..255 pixels; int8 inputs the pixels
+    shifted by -128 (TFLite's int8 image convention), never wrapped around.
     """
     from PIL import Image
 
@@ -172,6 +177,8 @@ def preprocess(rgb: np.ndarray, shape: Sequence, dtype: Any = np.float32, norm: 
     if dtype.kind == "f":
         mean, std = NORMS[norm]
         x = (x.astype(np.float32) / 255.0 - np.float32(mean[:channels])) / np.float32(std[:channels])
+    elif dtype.kind == "i" and dtype.itemsize == 1:
+        x = x.astype(np.int16) - 128
     x = x.astype(dtype)
     if layout == "NCHW":
         x = x.transpose(2, 0, 1)
@@ -367,26 +374,33 @@ def _main(args) -> int:
     if args.jsonl and Path(args.jsonl).exists() and not args.force:
         raise OutputExistsError(f"--jsonl {args.jsonl!r} exists; give --force to overwrite it")
     session = edgekit.load(args.model, backend=args.backend, **opts)
-    source = open_source(args.source, args.frames, loop=args.loop, camera=args.camera)
-    out = open(args.jsonl, "w") if args.jsonl else sys.stdout  # noqa: SIM115 - closed below
-    app = PiApp(session, source, out=out, budget_ms=args.budget_ms, k=args.top, labels=labels, norm=args.norm,
-                interval_s=args.interval_ms / 1e3, max_frames=args.max_frames)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, app.stop)
-    server = None
-    if args.http is not None:
-        server = serve(app, args.http)
-        sys.stderr.write(f"piapp: http://127.0.0.1:{server.server_port}/ (healthz, latest, stats)\n")
-    sys.stderr.write(f"piapp: {getattr(session, 'backend', '?')} on {source.kind} frames\n")
-    sys.stderr.flush()
+    source = out = server = app = None
     try:
+        source = open_source(args.source, args.frames, loop=args.loop, camera=args.camera)
+        # the app checks the model before anything is written to --jsonl
+        app = PiApp(session, source, out=sys.stdout, budget_ms=args.budget_ms, k=args.top, labels=labels,
+                    norm=args.norm, interval_s=args.interval_ms / 1e3, max_frames=args.max_frames)
+        if args.jsonl:
+            try:
+                out = app.out = open(args.jsonl, "w")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise InputError(f"--jsonl: cannot write {args.jsonl!r} ({exc.strerror})") from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, app.stop)
+        if args.http is not None:
+            server = serve(app, args.http)
+            sys.stderr.write(f"piapp: http://127.0.0.1:{server.server_port}/ (healthz, latest, stats)\n")
+        sys.stderr.write(f"piapp: {getattr(session, 'backend', '?')} on {source.kind} frames\n")
+        sys.stderr.flush()
         n = app.run()
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
-        if out is not sys.stdout:
+        if out is not None:
             out.close()
+        if source is not None and app is None:  # PiApp.run closes its source itself
+            source.close()
         session.close()
     snap = app.stats.snapshot()
     sys.stderr.write(f"piapp: stopped after {n} frames, p50 {snap['latency_ms']['p50']} ms, "

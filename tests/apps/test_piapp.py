@@ -174,3 +174,36 @@ def test_sigterm_clean_shutdown(setup, tmp_path):
     check_records(records[:5], model, frames)
     with pytest.raises(OSError):  # the port is closed
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_corrupt_frame_and_bad_jsonl_are_one_line_errors(tmp_path, capsys):
+    import onnx
+
+    from edgekit.apps import piapp
+
+    import models
+
+    model = tmp_path / "cnn.onnx"
+    onnx.save(models.cnn(), str(model))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "broken.png").write_bytes(b"not a png")
+    code = piapp.main(["--model", str(model), "--frames", str(frames), "--max-frames", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.png is not a readable image" in err and "Traceback" not in err
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(ok / "a.png")
+    code = piapp.main(["--model", str(model), "--frames", str(ok), "--jsonl", str(tmp_path / "no" / "dir.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write" in err
+
+
+def test_int8_inputs_are_shifted_not_wrapped():
+    from edgekit.apps import piapp
+
+    frame = np.full((4, 4, 3), 200, np.uint8)
+    x = piapp.preprocess(frame, (1, 3, 4, 4), np.int8)
+    assert x.dtype == np.int8 and int(x.min()) == int(x.max()) == 72   # 200 - 128, not 200 wrapped to -56
