@@ -331,13 +331,14 @@ def stream(classifier: Classifier, folder: str | Path, fps: float = 30.0, top: i
     frames = list_frames(folder)
     limiter = FlowLimiter()
     period = 1.0 / fps
+    stop = threading.Event()
 
     def camera() -> None:
         t0 = time.perf_counter()
         for i, f in enumerate(frames):
             delay = t0 + i * period - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            if delay > 0 and stop.wait(delay):  # the consumer failed: stop playing frames
+                break
             limiter.offer((f, time.perf_counter()))
         limiter.close()
 
@@ -357,6 +358,7 @@ def stream(classifier: Classifier, folder: str | Path, fps: float = 30.0, top: i
             preds.append({"frame": path.name, "label": pred.top[0]["label"], "prob": pred.top[0]["prob"],
                           "variant": pred.variant, "latency_ms": pred.latency_ms})
     finally:
+        stop.set()
         th.join()
     wall = time.perf_counter() - t_start
     a, g = np.array(lat), np.array(age)
