@@ -84,7 +84,8 @@ class CoreMLBackend(Backend):
 
         return ct.__version__
 
-    def open(self, path: Path, compute_units: str = "ALL", **options: Any) -> Runner:
+    def open(self, path: Path, compute_units: str = "ALL", threads: int | None = None, **options: Any) -> Runner:
+        """``threads`` is accepted like every backend's, and ignored: Core ML schedules its own work."""
         if options:
             raise InputError(f"unknown option(s) for coreml: {', '.join(sorted(options))}")
         why = self.unavailable_reason()
