@@ -12,7 +12,6 @@ The ImageNet class names (``data/imagenet_labels.txt``, in class-index order) co
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -40,9 +39,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 # ---------------------------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
     """Where prepared app models live: ``$EDGEKIT_CACHE_DIR/apps`` or ``~/.cache/edgekit/apps``."""
-    root = os.environ.get("EDGEKIT_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edgekit"
-    return base / "apps"
+    from edgekit._fs import cache_root
+
+    return cache_root() / "apps"
 
 
 def labels() -> list[str]:

@@ -76,8 +76,9 @@ def tools_dir() -> Path:
     """Root folder of all tool environments."""
     if os.environ.get("EDGEKIT_TOOLS_DIR"):
         return Path(os.environ["EDGEKIT_TOOLS_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "edgekit" / "tools"
+    from edgekit._fs import user_cache_root
+
+    return user_cache_root() / "tools"
 
 
 def unavailable_reason(env: ToolEnv = ONNX2TF) -> str | None:

@@ -118,7 +118,9 @@ def _onnx_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def tune_cache_dir(model_bytes: bytes, target: dict, trials: int) -> Path:
     """Where tuning logs for this (model, target, trial budget) live: ``~/.cache/edgekit/tune/<sha>``."""
-    root = Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit")) / "tune"
+    from edgekit._fs import cache_root
+
+    root = cache_root() / "tune"
     key = hashlib.sha256(model_bytes + json.dumps(target, sort_keys=True).encode() + str(trials).encode())
     return root / key.hexdigest()[:24]
 

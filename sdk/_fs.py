@@ -13,6 +13,19 @@ from pathlib import Path
 from .errors import OutputExistsError
 
 
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/edgekit``, else ``~/.cache/edgekit``."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "edgekit"
+
+
+def cache_root() -> Path:
+    """Where edgekit caches profiles, prepared app models and tuning logs: ``$EDGEKIT_CACHE_DIR`` if set, else
+    :func:`user_cache_root`. (The large converter tool environments have their own ``$EDGEKIT_TOOLS_DIR``.)"""
+    root = os.environ.get("EDGEKIT_CACHE_DIR")
+    return Path(root).expanduser() if root else user_cache_root()
+
+
 def sha256_path(path: str | Path) -> str:
     """sha256 of a file, or of a directory tree (relative paths and file hashes, sorted)."""
     p = Path(path)

@@ -31,12 +31,9 @@ _RUNTIME_DISTS = ("numpy", "onnxruntime", "ai-edge-litert", "tflite-runtime", "a
 
 def cache_dir() -> Path:
     """The folder profiles are cached in (created on first write)."""
-    root = os.environ.get("EDGEKIT_CACHE_DIR")
-    if root:
-        return Path(root) / "profiles"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "edgekit" / "profiles"
+    from ._fs import cache_root
+
+    return cache_root() / "profiles"
 
 
 def _cpu_model() -> str:
