@@ -70,7 +70,7 @@ def test_channel_pruning_shrinks_and_is_exact_on_dead_channels():
     w1["c1w"].CopyFrom(numpy_helper.from_array(c1, "c1w"))
     w1["c1b"].CopyFrom(numpy_helper.from_array(b1, "c1b"))
     res = prune.prune(m, "channels:0.5")
-    assert "Conv_0" in res.layers or res.layers
+    assert res.layers                                   # something was pruned (shapes below say what)
     assert _w(res.model, "c1w").shape == (4, 3, 3, 3)
     assert _w(res.model, "c2w").shape[1] == 4          # the next Conv lost the matching inputs
     assert res.params_after < res.params_before
