@@ -100,12 +100,14 @@ def _as_rows(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Mapping[str, np.ndarray]],
-               max_samples: int = 32, damp: float = 0.01) -> int:
+               max_samples: int = 32, damp: float = 0.01, act_order: bool = False) -> int:
     """Re-round the int8 weights of Gemm and pointwise Conv with GPTQ (Frantar et al., 2023); returns the count.
 
     Each input column is rounded in turn and its rounding error is spread over the columns not yet rounded,
     weighted by the inverse of ``H = E[x x^T]`` of the layer's float input: the output error, not the weight
-    error, is minimized. On EfficientNet-Lite0 with 7-bit pointwise weights: cosine vs fp32 0.984 -> 0.994.
+    error, is minimized. ``act_order``: columns with the largest input energy first (on EfficientNet-Lite0 cosine
+    0.9969 -> 0.9972 but fewer agreeing top-1 on ambiguous crops: off by default). On EfficientNet-Lite0 with
+    7-bit pointwise weights: cosine vs fp32 0.984 -> 0.994.
     """
     qdq = _QDQ(qdq_path, float_model)
     targets = []
@@ -142,6 +144,8 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
         h[dead, dead] = 1.0
         w[:, dead] = 0.0
         h = h + damp * float(np.mean(np.diag(h))) * np.eye(len(h))
+        perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
+        w, h = w[:, perm], h[np.ix_(perm, perm)]
         try:
             hinv = np.linalg.cholesky(np.linalg.inv(h)).T     # upper Cholesky factor of H^-1
         except np.linalg.LinAlgError:
@@ -152,6 +156,7 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
             q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
             err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
             w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
+        q = q[:, np.argsort(perm)]
         if fn.op_type == "Gemm":
             q = q if _attr(fn, "transB", 0) else q.T
         qdq.set(dq.input[0], q.reshape(q_old.shape).astype(q_old.dtype))
