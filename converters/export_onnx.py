@@ -8,6 +8,9 @@ from typing import Any
 
 import onnx
 
+from edgekit._fs import atomic_file
+from edgekit.errors import InputError
+
 from . import register_exporter
 from .canonical import io_specs
 from .quantize import quantize
@@ -24,8 +27,12 @@ class OnnxExporter:
 
     def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
                keep_float: Iterable[str] = (), calibration_method: str = "minmax", progress: bool = False,
-               **options: Any) -> Path:
-        """Write the ``precision`` variant of ``onnx_path``; ``keep_float`` nodes stay in float."""
+               force: bool = False, **options: Any) -> Path:
+        """Write the ``precision`` variant of ``onnx_path`` atomically; ``keep_float`` nodes stay in float."""
+        if options:
+            raise InputError(f"unknown option(s) for the ONNX exporter: {', '.join(sorted(options))}")
         inputs, _ = io_specs(onnx.load(str(onnx_path), load_external_data=False))
-        return quantize(Path(onnx_path), Path(out_path), precision, calibration, inputs, keep_float,
-                        method=calibration_method, progress=progress)
+        with atomic_file(out_path, force=force) as tmp:
+            quantize(Path(onnx_path), tmp, precision, calibration, inputs, keep_float,
+                     method=calibration_method, progress=progress)
+        return Path(out_path)
