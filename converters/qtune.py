@@ -151,11 +151,7 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
         except np.linalg.LinAlgError:
             log.info("GPTQ skipped for %s: singular input covariance", fn.name)
             continue
-        q = np.zeros(w.shape, np.int64)
-        for i in range(w.shape[1]):
-            q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
-            err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
-            w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
+        q = _gptq_columns(w, hinv, scale, qmax)
         q = q[:, np.argsort(perm)]
         if fn.op_type == "Gemm":
             q = q if _attr(fn, "transB", 0) else q.T
@@ -163,6 +159,24 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
         done += 1
     qdq.save()
     return done
+
+
+def _gptq_columns(w: np.ndarray, hinv: np.ndarray, scale: np.ndarray, qmax: int, block: int = 128) -> np.ndarray:
+    """Integer weights [rows, cols] rounded column by column, each error pushed onto the later columns.
+
+    Updates are applied lazily per block of columns (one matrix product per block), as in the GPTQ paper.
+    """
+    q = np.zeros(w.shape, np.int64)
+    for i1 in range(0, w.shape[1], block):
+        i2 = min(i1 + block, w.shape[1])
+        w1, h1 = w[:, i1:i2].copy(), hinv[i1:i2, i1:i2]
+        err1 = np.zeros_like(w1)
+        for i in range(i2 - i1):
+            q[:, i1 + i] = np.clip(np.round(w1[:, i] / scale), -qmax, qmax)
+            err1[:, i] = (w1[:, i] - q[:, i1 + i] * scale) / h1[i, i]
+            w1[:, i + 1:] -= np.outer(err1[:, i], h1[i, i + 1:])
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return q
 
 
 def correct_bias(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Mapping[str, np.ndarray]],
