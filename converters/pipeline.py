@@ -226,10 +226,20 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                             def attempt(keep: list[str], fmt=fmt, exp=exp) -> dict:
                                 return check(export(keep), fmt, exp)
 
+                            plain = work / f"plain-{vid}"       # the plain build, restored if no retry passes
+                            _copy(path, plain)
                             val2, kept = retry(ranked, attempt, time_budget_s=retry_budget_s)
-                            if val2:
+                            if val2 and val2.get("passed"):
                                 val = dict(val2, kept_float=kept)
                                 path = art if art.exists() else path
+                            else:
+                                _rm(art)
+                                _copy(plain, art)
+                                path = art
+                                val = dict(val, retry_failed=f"below threshold even with {len(kept)} nodes kept "
+                                                             "in float; the plain variant is kept")
+                                notes.append(f"{vid}: accuracy-aware retry failed ({len(kept)} nodes kept in float "
+                                             "at most); kept the plain variant")
                 except UnsupportedOpError as exc:
                     # the target lacks an op (or ops are forced onto TVM): runtime segments + TVM kernels
                     _rm(art)
@@ -330,6 +340,13 @@ def _bar(plan, progress: bool):
     from tqdm import tqdm
 
     return tqdm(plan, desc="convert", unit="variant", disable=not progress, leave=True)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def _rm(p: Path) -> None:
