@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DeadlineError, InputError, ModelLoadError, OutputExistsError
+from edgekit.errors import DeadlineError, InputError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 BUCKETS = (16, 32, 64, 128)
@@ -129,20 +129,13 @@ def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "i
     import tempfile
 
     from edgekit import convert
-    from edgekit.bundle import Bundle
 
-    from .vision import cache_dir
+    from .vision import cache_dir, reusable
 
     out = Path(out) if out else cache_dir() / f"{MODEL_NAME}_onnx_{'-'.join(quantize)}"
-    if out.exists() and not force:
-        try:
-            Bundle(out)
-            return out
-        except ModelLoadError:
-            if cache_dir().resolve() not in out.resolve().parents:   # never replace a user's folder silently
-                raise OutputExistsError(f"{out} exists and is not an edgekit bundle; pass force=True to replace it"
-                                        ) from None
-        force = True  # a broken cache entry: rebuild it
+    if reusable(out, force):
+        return out
+    force = force or out.exists()  # only a broken cache entry gets here: rebuild it
     print(f"preparing {MODEL_NAME} (once): export to ONNX, convert to onnx x {', '.join(quantize)}", file=sys.stderr)
     calib = Tokenizer()(list(CALIBRATION_TEXTS), 32)
     with tempfile.TemporaryDirectory(prefix="edgekit-bert-") as tmp:

@@ -163,21 +163,14 @@ def prepare(out: str | Path | None = None, targets: Sequence[str] | None = None,
     import tempfile
 
     from edgekit import convert
-    from edgekit.bundle import Bundle
 
     targets = list(targets) if targets else default_targets()
     quantize = tuple(quantize) if quantize else default_precisions()
     tag = "-".join(sorted(targets)) + "_" + "-".join(quantize)
     out = Path(out) if out else cache_dir() / f"{MODEL_NAME}_{tag}"
-    if out.exists() and not force:
-        try:
-            Bundle(out)
-            return out
-        except ModelLoadError:
-            if cache_dir().resolve() not in out.resolve().parents:   # never replace a user's folder silently
-                raise OutputExistsError(f"{out} exists and is not an edgekit bundle; pass force=True to replace it"
-                                        ) from None
-        force = True  # a broken cache entry: rebuild it
+    if reusable(out, force):
+        return out
+    force = force or out.exists()  # only a broken cache entry gets here: rebuild it
     _log(f"preparing {MODEL_NAME} (once): export to ONNX, convert to {', '.join(targets)} x {', '.join(quantize)}")
     calib = np.concatenate([preprocess(im) for im in sample_photos().values()] + _augmented_photos(), axis=0)
     with tempfile.TemporaryDirectory(prefix="edgekit-vision-") as tmp:
@@ -187,6 +180,23 @@ def prepare(out: str | Path | None = None, targets: Sequence[str] | None = None,
         convert(src, out, targets=targets, quantize=quantize, calibration={INPUT_NAME: calib}, force=force,
                 progress=progress, accuracy_aware=False)
     return out
+
+
+def reusable(out: Path, force: bool) -> bool:
+    """True when ``out`` holds a bundle to reuse. A broken entry of the cache folder may be rebuilt; any other
+    existing folder that is no bundle is refused (never replaced without ``force``)."""
+    from edgekit.bundle import Bundle
+
+    if force or not out.exists():
+        return False
+    try:
+        Bundle(out)
+        return True
+    except ModelLoadError:
+        if cache_dir().resolve() not in out.resolve().parents:
+            raise OutputExistsError(f"{out} exists and is not an edgekit bundle; pass force=True to replace it"
+                                    ) from None
+        return False
 
 
 def _augmented_photos() -> list[np.ndarray]:
