@@ -7,7 +7,6 @@ that each artifact's sha256 matches (native libraries above all).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +233,3 @@ def load_bundle(path: str | Path, variant: str | None = None, backend: str = "au
 
         return BudgetedSession(bundle, budget_ms=budget_ms, backend=backend, variants=variant, **options)
     return bundle.load(variant, backend=backend, **options)
-
-
-def ids(variants: Iterable[Variant]) -> list[str]:
-    return [v.id for v in variants]

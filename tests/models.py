@@ -168,3 +168,24 @@ def two_in_two_out(seed: int = 0):
         [numpy_helper.from_array(_w(rng, 16, 10), "W"), numpy_helper.from_array(_w(rng, 10, scale=0.1), "b"),
          numpy_helper.from_array(np.array([1], np.int64), "axes")])
     return _model(g)
+
+
+def run_in_threads(work, args) -> None:
+    """Run ``work(a)`` for each ``a`` in its own thread, all at once; re-raise the first failure here."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(a) -> None:
+        try:
+            work(a)
+        except BaseException as exc:  # noqa: BLE001 - reported in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 import edgekit
 from edgekit import InputError
 
-from models import ort_reference
+from models import ort_reference, run_in_threads
 
 
 def _raw(path, feeds):
@@ -67,21 +65,14 @@ def test_litert_threads_use_a_pool(tflite_mlp):
     cases = [{a.name: rng.standard_normal(a.shape).astype(np.float32),
               b.name: rng.standard_normal(b.shape).astype(np.float32)} for _ in range(6)]
     refs = [_raw(path, f) for f in cases]
-    errors = []
 
     def work(i):
-        try:
-            for _ in range(30):
-                out = sess.run(cases[i])
-                for k, v in refs[i].items():
-                    np.testing.assert_array_equal(out[k], v)
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
+        for _ in range(30):
+            out = sess.run(cases[i])
+            for k, v in refs[i].items():
+                np.testing.assert_array_equal(out[k], v)
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    assert not errors, errors[0]
+    run_in_threads(work, range(6))
 
 
 def test_litert_indexed_binding_with_changing_batch(tmp_path):
@@ -105,20 +96,13 @@ def test_litert_indexed_binding_with_changing_batch(tmp_path):
     sess = edgekit.load(exp.export(src, tmp_path / "zeta_alpha.tflite", "fp32"))
     assert [s.name for s in sess.inputs] == ["zeta", "alpha"]
     rng = np.random.default_rng(0)
-    errors = []
 
     def work(seed):
-        try:
-            r = np.random.default_rng(seed)
-            for batch in (1, 3, 1, 5, 3, 1):
-                z = r.standard_normal((batch, 4)).astype(np.float32)
-                a = r.standard_normal((batch, 4)).astype(np.float32)
-                np.testing.assert_allclose(sess.run({"zeta": z, "alpha": a})["out"], 2 * z + a, atol=1e-6)
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
+        r = np.random.default_rng(seed)
+        for batch in (1, 3, 1, 5, 3, 1):
+            z = r.standard_normal((batch, 4)).astype(np.float32)
+            a = r.standard_normal((batch, 4)).astype(np.float32)
+            np.testing.assert_allclose(sess.run({"zeta": z, "alpha": a})["out"], 2 * z + a, atol=1e-6)
 
     work(int(rng.integers(1000)))
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    assert not errors, errors[0]
+    run_in_threads(work, range(4))

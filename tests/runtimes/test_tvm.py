@@ -12,7 +12,7 @@ import pytest
 import edgekit
 from edgekit import ModelLoadError
 
-from models import ort_reference
+from models import ort_reference, run_in_threads
 
 
 def test_tvm_module_matches_onnxruntime(tvm_mlp, mlp_onnx):
@@ -57,22 +57,13 @@ def test_tvm_bad_files(tmp_path, tvm_mlp):
 
 def test_tvm_session_shared_between_threads(tvm_mlp, mlp_onnx):
     """A pool of Relax VMs serves concurrent calls; every thread gets its own input's result."""
-    import threading
-
     sess = edgekit.load(tvm_mlp)
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(6)]
     refs = [ort_reference(mlp_onnx, {"x": x})["logits"] for x in xs]
-    errors = []
 
     def work(i):
-        try:
-            for _ in range(25):
-                np.testing.assert_allclose(sess.run({"x": xs[i]})["logits"], refs[i], rtol=1e-5, atol=1e-5)
-        except Exception as exc:  # pragma: no cover
-            errors.append(exc)
+        for _ in range(25):
+            np.testing.assert_allclose(sess.run({"x": xs[i]})["logits"], refs[i], rtol=1e-5, atol=1e-5)
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    assert not errors, errors[0]
+    run_in_threads(work, range(6))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 import edgekit
 from edgekit import InputError, ModelLoadError
 
-from models import ort_reference
+from models import ort_reference, run_in_threads
 
 
 def test_mlp_matches_raw_onnxruntime(mlp_onnx):
@@ -65,21 +63,12 @@ def test_threads_share_a_session(cnn_onnx):
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
     refs = [ort_reference(cnn_onnx, {"image": x})["probs"] for x in xs]
-    errors: list[Exception] = []
 
     def work(i: int) -> None:
-        try:
-            for _ in range(20):
-                np.testing.assert_allclose(sess.run({"image": xs[i]})["probs"], refs[i], rtol=1e-5, atol=1e-6)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(20):
+            np.testing.assert_allclose(sess.run({"image": xs[i]})["probs"], refs[i], rtol=1e-5, atol=1e-6)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_in_threads(work, range(8))
 
 
 def test_bad_files_are_model_load_errors(tmp_path):
