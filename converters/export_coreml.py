@@ -24,7 +24,7 @@ from edgekit._fs import atomic_dir
 from edgekit.errors import ConversionError, EdgekitError, InputError
 
 from . import register_exporter
-from .mil_eval import META_KEY, io_metadata
+from .mil_eval import META_KEY
 from .mil_eval import evaluate as graph_check
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -108,6 +108,27 @@ def _save(mlmodel, out_path: Path, meta: dict, force: bool) -> Path:
     return out_path
 
 
+def _narrowed(onnx_path: Path, spec, in_names: dict[str, str], out_names: dict[str, str]
+              ) -> tuple[dict[str, str], dict[str, str]]:
+    """``{onnx name: "int64->int32"}`` for the inputs and outputs whose Core ML feature dtype differs from the
+    ONNX one (Core ML has no int64 or float64 tensors): the runner converts across them."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from edgekit.runtimes.coreml import feature_specs
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    src = {v.name: np.dtype(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+           for v in [*graph.input, *graph.output] if v.type.tensor_type.elem_type}
+
+    def side(names: dict[str, str], features) -> dict[str, str]:
+        feat = {f.name: f.dtype for f in feature_specs(features)}
+        return {n: f"{src[n].name}->{feat[c].name}" for n, c in names.items()
+                if n in src and c in feat and src[n] != feat[c]}
+
+    return side(in_names, spec.description.input), side(out_names, spec.description.output)
+
+
 def _check_precision(precision: str, compute_units: str | None = None) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"Core ML export: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -179,8 +200,10 @@ class CoreMLExporter:
                     skip.add(name)
         mlmodel = _compress(mlmodel, precision, options.get("palettize"), options.get("granularity", "per_channel"),
                             threshold, options.get("int8_mode", "linear_symmetric"), frozenset(skip))
+        narrowed_in, narrowed_out = _narrowed(onnx_path, mlmodel.get_spec(), tr.input_names, tr.output_names)
         meta = {"kept_float": sorted(skip),
-                "inputs": tr.input_names, "outputs": tr.output_names, "narrowed_inputs": tr.narrowed_inputs,
+                "inputs": tr.input_names, "outputs": tr.output_names,
+                "narrowed_inputs": {**tr.narrowed_inputs, **narrowed_in}, "narrowed_outputs": narrowed_out,
                 "precision": precision, "source": "onnx", "palettize": options.get("palettize")}
         return _save(mlmodel, out_path, meta, bool(options.get("force", False)))
 
@@ -192,19 +215,15 @@ class CoreMLExporter:
 
 
 def predict(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Core ML ``predict`` (macOS only); feeds/outputs may use ONNX names, int64 is narrowed to int32."""
+    """Core ML ``predict`` (macOS only); feeds/outputs use the source's names and dtypes (int64 ids narrowed to
+    int32 and back), as :func:`edgekit.runtimes.coreml.io_mapping` maps them."""
     import coremltools as ct
 
-    spec = ct.utils.load_spec(str(path))
-    meta = io_metadata(spec)
-    in_map, out_map = meta.get("inputs", {}), meta.get("outputs", {})
-    ins = {}
-    for k, v in feeds.items():
-        v = np.asarray(v)
-        ins[in_map.get(k, k)] = v.astype(np.int32) if v.dtype == np.int64 else v
-    res = ct.models.MLModel(str(path)).predict(ins)
-    inverse = {v: k for k, v in out_map.items()}
-    return {inverse.get(k, k): np.asarray(v) for k, v in res.items()}
+    from edgekit.runtimes.coreml import io_mapping
+
+    io = io_mapping(ct.utils.load_spec(str(path)))
+    res = ct.models.MLModel(str(path)).predict(io.to_features(feeds))
+    return io.from_features(res)
 
 
 def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32", *,
@@ -240,7 +259,13 @@ def export_torch(module, example_inputs: tuple, out_path: Path, precision: str =
         raise ConversionError(f"ct.convert of the torch.export program failed: {type(exc).__name__}: {exc}") from exc
     mlmodel = _compress(mlmodel, precision, palettize, "per_channel", WEIGHT_THRESHOLD)
     narrowed = {n: "int64->int32" for n, t in zip(names, example_inputs) if t.dtype == torch.int64}
-    outs = [o.name for o in mlmodel.get_spec().description.output]
-    meta = {"inputs": {n: n for n in names}, "outputs": {o: o for o in outs}, "narrowed_inputs": narrowed,
-            "precision": precision, "source": "torch", "palettize": palettize}
+    from edgekit.runtimes.coreml import feature_specs
+
+    outs = feature_specs(mlmodel.get_spec().description.output)
+    src_dtypes = [getattr(a, "meta", {}).get("val") for a in exported.graph.output_node().args[0]]
+    src_dtypes = [torch.empty(0, dtype=v.dtype).numpy().dtype if hasattr(v, "dtype") else None for v in src_dtypes]
+    narrowed_out = {o.name: f"{dt.name}->{o.dtype.name}" for o, dt in zip(outs, src_dtypes)
+                    if dt is not None and len(src_dtypes) == len(outs) and dt != o.dtype}
+    meta = {"inputs": {n: n for n in names}, "outputs": {o.name: o.name for o in outs}, "narrowed_inputs": narrowed,
+            "narrowed_outputs": narrowed_out, "precision": precision, "source": "torch", "palettize": palettize}
     return _save(mlmodel, out_path, meta, force)
