@@ -1,7 +1,8 @@
 """Compile an ONNX model (or subgraph) with TVM Relax into a library plus its JSON signature, per board.
 
-``compile_onnx`` writes ``OUT.so`` (or ``OUT.tar`` of Mach-O objects for Apple targets when not on macOS:
-``tvm.runtime.load_module`` links it there) and ``OUT.json`` (the signature ``runtimes/tvm.py`` reads).
+``compile_onnx`` writes ``OUT.so`` (Apple targets: ``OUT.dylib`` when linked on macOS, else ``OUT.tar`` of Mach-O
+objects that ``tvm.runtime.load_module`` links on the Mac; see :func:`library_path`) and ``OUT.json`` (the
+signature ``runtimes/tvm.py`` reads).
 Boards come from ``edgekit.boards`` profiles (``tvm_target``, ``cross_compiler``); ``"host"`` is this CPU.
 Untuned CPU builds use :func:`cpu_pipeline` (vectorizable fast math plus simple schedules for elementwise
 and conv-like functions); Apple boards can also get Metal kernels (``device="metal"``). Optional MetaSchedule
@@ -72,6 +73,27 @@ def board_target(board: str) -> BoardTarget:
     if not target:
         raise BoardError(f"board {board!r} has no TVM target in its profile")
     return BoardTarget(profile.name, target, profile.cross_compiler)
+
+
+#: suffixes a compile output stem may be given with (stripped before the platform's own is added)
+OUTPUT_SUFFIXES = (".so", ".dylib", ".tar", ".json")
+
+
+def library_suffix(apple: bool, system: str | None = None) -> str:
+    """The library file suffix for a target: ``.so``; Apple code ``.dylib`` when linked on macOS (``system``
+    ``"darwin"``, default: this one), else ``.tar`` (objects only: Apple code cannot be linked elsewhere)."""
+    if not apple:
+        return ".so"
+    return ".dylib" if (system or sys.platform) == "darwin" else ".tar"
+
+
+def library_path(out: str | Path, apple: bool, system: str | None = None) -> Path:
+    """Where a compile to ``out`` (a stem, or a stem with any of :data:`OUTPUT_SUFFIXES`) writes its library;
+    the signature goes next to it with ``.json``."""
+    out = Path(out)
+    if out.suffix in OUTPUT_SUFFIXES:
+        out = out.with_suffix("")
+    return out.with_name(out.name + library_suffix(apple, system))
 
 
 def apt_package_for(cc: str) -> str:
@@ -293,7 +315,8 @@ def cpu_pipeline(target):
 
 def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_dict: dict | None = None,
                  cc: str | None = None, *, tune_trials: int = 0, board: str | None = None, log=None) -> Path:
-    """Compile ``model`` (path or ModelProto) for ``target``; writes ``OUT.so`` (or ``.tar``) and ``OUT.json``.
+    """Compile ``model`` (path or ModelProto) for ``target``; writes ``OUT.so`` (Apple: ``.dylib``/``.tar``, see
+    :func:`library_path`) and ``OUT.json``.
 
     Dynamic input dims are fixed through ``shape_dict`` ({input: shape}); default 1. ``cc`` links for
     another architecture (e.g. ``aarch64-linux-gnu-g++``). ``tune_trials`` > 0 tunes with MetaSchedule
@@ -327,13 +350,9 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"TVM could not compile the model for {tdict}: {msg}") from None
     # Apple code cannot be linked on another OS: ship the objects (load_module links them on the Mac)
-    suffix = ".tar" if apple and sys.platform != "darwin" else (".dylib" if apple else ".so")
-    out = Path(out_path)
-    if out.suffix in (".so", ".tar", ".dylib", ".json"):
-        out = out.with_suffix("")
-    out = out.with_name(out.name + suffix)
+    out = library_path(out_path, apple)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{suffix}")
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
     try:
         ex.export_library(str(tmp), **({"cc": cc} if cc and not apple else {}))
         tmp.replace(out)
@@ -372,7 +391,7 @@ DEVICES = ("cpu", "metal")
 
 def compile_for_board(model: Any, out_stem: str | Path, board: str, shape_dict: dict | None = None,
                       tune_trials: int = 0, log=None, device: str = "cpu") -> Path:
-    """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.tar`` + ``.json``.
+    """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.dylib``/``.tar`` + ``.json``.
 
     ``device="metal"`` (Apple boards) emits Metal kernels with an arm64-macOS host part (a ``.tar``).
     """

@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--board", default="host", help="board profile name, or 'host' (default)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output stem: writes OUT.so (OUT.tar of objects for Apple boards) and OUT.json")
+                   help="output stem: writes OUT.so (Apple boards: OUT.dylib on macOS, else OUT.tar of objects) "
+                        "and OUT.json")
     p.add_argument("--device", default="cpu", choices=("cpu", "metal"),
                    help="cpu (default) or metal (Apple boards: Metal kernels + arm64 macOS host code)")
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
@@ -51,6 +52,16 @@ def tunable_here(board: str) -> bool:
     return prof.cross_compiler is None and prof.arch == platform.machine()
 
 
+def output_paths(output: str | Path, bt, system: str | None = None) -> tuple[Path, Path]:
+    """(library, signature) that compiling for the BoardTarget ``bt`` to ``output`` writes on ``system``
+    (``sys.platform`` values; default this one): ``.so``, or for Apple boards ``.dylib`` on macOS and ``.tar``
+    elsewhere; the ``.json`` signature beside it."""
+    from edgekit.converters.tvm_compile import library_path
+
+    lib = library_path(output, bt.is_apple, system)
+    return lib, lib.with_suffix(".json")
+
+
 def compile_model(model: str | Path, output: str | Path, board: str = "host", tune_trials: int = 0,
                   input_shapes: dict | None = None, force: bool = False, device: str = "cpu") -> Path:
     """Compile ``model`` for ``board``; returns the library path (the API behind ``edgekit compile``)."""
@@ -67,11 +78,8 @@ def compile_model(model: str | Path, output: str | Path, board: str = "host", tu
         raise InputError(f"cannot tune for board {board!r} here: MetaSchedule measures candidates on the machine "
                          f"it runs on ({platform.machine()}); compile untuned (--tune-trials 0) or tune with "
                          "--board host, or run edgekit compile on the board itself")
-    out = Path(output)
-    if out.suffix in (".so", ".json", ".tar", ".dylib"):
-        out = out.with_suffix("")
-    lib_suffix = ".tar" if bt.is_apple and sys.platform != "darwin" else ".so"
-    for p in (out.with_name(out.name + lib_suffix), out.with_name(out.name + ".json")):
+    lib, signature = output_paths(output, bt)
+    for p in (lib, signature):
         check_writable(p, force)
 
     def log(msg: str) -> None:
@@ -79,7 +87,7 @@ def compile_model(model: str | Path, output: str | Path, board: str = "host", tu
 
     tuning = f", {tune_trials} tuning trials" if tune_trials else ""
     log(f"compiling {src.name} for {bt.board} ({bt.target}){tuning}")
-    return compile_for_board(src, out, board, input_shapes, tune_trials=tune_trials, log=log, device=device)
+    return compile_for_board(src, lib, board, input_shapes, tune_trials=tune_trials, log=log, device=device)
 
 
 def run(args) -> int:

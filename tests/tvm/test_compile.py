@@ -49,12 +49,35 @@ def test_compile_rpi4_is_an_aarch64_elf(tvm_models, tmp_path, cross_cc, capsys):
     assert report["arch"] == "aarch64" and binary_arch(lib) == ("elf", "aarch64")
 
 
-def test_compile_apple_gives_macho_arm64_objects(tvm_models, tmp_path):
+def test_compile_apple_gives_macho_arm64_objects(tvm_models, tmp_path, capsys):
     out = tmp_path / "mlp_mac"
+    out.with_suffix(".so").write_bytes(b"not what an Apple build writes here")  # must not block the .tar
     assert main(["compile", str(tvm_models["mlp1"]), "--board", "apple-m1", "-o", str(out)]) == 0
     lib = out.with_suffix(".tar")
     assert binary_arch(lib) == ("tar", "mach-o/arm64")
     assert json.loads(out.with_suffix(".json").read_text())["library"] == "mlp_mac.tar"
+    # the existence check looks at the file this platform writes (.tar here), and --force replaces it
+    lib.write_bytes(b"stale")
+    assert main(["compile", str(tvm_models["mlp1"]), "--board", "apple-m1", "-o", str(out) + ".tar"]) == 2
+    assert "mlp_mac.tar exists; pass --force" in capsys.readouterr().err
+    assert main(["compile", str(tvm_models["mlp1"]), "--board", "apple-m1", "-o", str(out), "--force"]) == 0
+    assert binary_arch(lib) == ("tar", "mach-o/arm64")
+
+
+@pytest.mark.parametrize("output, board, system, lib", [
+    ("m", "host", "linux", "m.so"), ("m.so", "host", "darwin", "m.so"), ("m.json", "rpi4", "linux", "m.so"),
+    ("m", "apple-m1", "darwin", "m.dylib"), ("m.so", "apple-m1", "darwin", "m.dylib"),
+    ("m.dylib", "apple-m1", "linux", "m.tar"), ("m.tar", "apple-m1", "darwin", "m.dylib"),
+])
+def test_output_names_per_platform(tmp_path, output, board, system, lib):
+    """What the existence check looks at is what compile_onnx writes: .so, or .dylib/.tar for Apple code."""
+    from edgekit.commands.compile import output_paths
+    from edgekit.converters.tvm_compile import BoardTarget, board_target, library_path
+
+    bt = BoardTarget("host", {"kind": "llvm"}) if board == "host" else board_target(board)
+    got_lib, got_sig = output_paths(tmp_path / output, bt, system)
+    assert (got_lib.name, got_sig.name) == (lib, "m.json")
+    assert library_path(tmp_path / output, bt.is_apple, system) == got_lib  # the name compile_onnx writes
 
 
 def test_unknown_board_lists_the_known_ones(tvm_models, tmp_path, capsys):
