@@ -3,6 +3,15 @@
 The JSON sidecar (same stem, ``.json``) holds ``{"format": "edgekit-tvm", "library": ..., "inputs": [...],
 "outputs": [...], "target": ...}``. Only the TVM runtime is loaded (``TVM_USE_RUNTIME_LIB=1``) unless the
 compiler was already imported in this process.
+
+Threads: TVM's CPU thread pool belongs to the OS thread that calls the kernels, and its capacity is fixed when
+that thread first runs TVM code, from ``TVM_NUM_THREADS`` (unset: TVM's default, half the hardware threads on
+x86). A session opened with ``threads=N`` sets the calling thread's pool to N workers before each call
+(``runtime.config_threadpool``, ~3 us, only when the thread's setting changes), so sessions with different
+counts can share a process and even a thread. So that later pools can hold N workers, opening it raises
+``TVM_NUM_THREADS`` to at least N (when unset: to max(N, CPU count)), which is process-wide: sessions without
+``threads`` then default to that in threads that had not run TVM yet. A thread whose pool was sized smaller
+before cannot grow: the session then runs with what it has and warns once (RuntimeWarning).
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import json
 import os
 import queue
 import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +71,55 @@ def read_signature(path: Path) -> tuple[dict, Path]:
     return meta, lib
 
 
+_POOL = threading.local()  # per OS thread: .original (workers before edgekit set them), .current, .warned
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads`` as given to ``open``: None, or an integer >= 1 (InputError otherwise)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"tvm: threads must be an integer >= 1, got {threads!r}")
+    return int(threads)
+
+
+def raise_pool_capacity(threads: int) -> None:
+    """Let TVM pools created from now on hold ``threads`` workers (TVM reads TVM_NUM_THREADS once per thread)."""
+    cur = os.environ.get("TVM_NUM_THREADS", "").strip()
+    try:
+        cap = int(cur) if cur else 0
+    except ValueError:
+        cap = 0
+    if cap < threads:
+        os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1) if not cap else threads)
+
+
+def set_thread_pool(tvm, threads: int | None) -> int:
+    """Size the calling thread's TVM pool for one call: ``threads`` workers, or with None the count this thread
+    had before edgekit changed it. Returns the workers in use (TVM's own ``runtime.NumThreads``)."""
+    state = _POOL.__dict__
+    if state.get("current", "unset") == threads:
+        return state["in_use"]
+    num_threads = tvm.get_global_func("runtime.NumThreads")
+    if "original" not in state:
+        if threads is None:  # never touched by edgekit: TVM's own sizing, nothing to do
+            state["current"] = None
+            state["in_use"] = int(num_threads())
+            return state["in_use"]
+        state["original"] = int(num_threads())
+    want = threads if threads is not None else state["original"]
+    tvm.get_global_func("runtime.config_threadpool")(1, want)  # 1 = kBig, TVM's default affinity mode
+    in_use = int(num_threads())
+    if threads is not None and in_use < threads and threads not in state.setdefault("warned", set()):
+        state["warned"].add(threads)
+        warnings.warn(f"tvm: threads={threads} asked, but this thread's TVM pool holds {in_use} worker(s): TVM sized "
+                      "it when the thread first ran TVM code (TVM_NUM_THREADS was lower then). Open sessions with "
+                      f"threads before running TVM in this thread, or start with TVM_NUM_THREADS={threads}",
+                      RuntimeWarning, stacklevel=4)
+    state["current"], state["in_use"] = threads, in_use
+    return in_use
+
+
 def _to_tvm(tvm, a: np.ndarray, dev):
     """A TVM tensor viewing ``a`` without a copy when it is C-contiguous and 64-byte aligned, else a copy."""
     if dev.dlpack_device_type() == 1 and a.flags.c_contiguous and a.ctypes.data % 64 == 0 and a.dtype != np.bool_:
@@ -92,8 +152,10 @@ class TvmRunner(Runner):
         self.inputs = [TensorSpec.from_json(s) for s in meta["inputs"]]
         self.outputs = [TensorSpec.from_json(s) for s in meta["outputs"]]
         self.target = meta.get("target")
-        if threads:
-            os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
+        #: TVM worker threads per call (None: TVM's sizing); see the module doc
+        self.threads = threads
+        if threads is not None:
+            raise_pool_capacity(threads)
 
     def run(self, feeds, output_names):
         tvm = self._tvm
@@ -102,6 +164,8 @@ class TvmRunner(Runner):
         except queue.Empty:
             vm = self._make()
         try:
+            if self._dev.dlpack_device_type() == 1:
+                set_thread_pool(tvm, self.threads)
             args = [_to_tvm(tvm, feeds[s.name], self._dev) for s in self.inputs]
             res = vm[self._entry](*args)
         except Exception as exc:
@@ -138,8 +202,10 @@ class TvmBackend(Backend):
             return None
 
     def open(self, path: Path, threads: int | None = None, **options: Any) -> Runner:
+        """``threads``: TVM CPU worker threads for this session's calls (see the module doc)."""
         if options:
             raise InputError(f"unknown option(s) for tvm: {', '.join(sorted(options))}")
+        threads = check_threads(threads)
         meta, lib = read_signature(path)
         return TvmRunner(meta, lib, threads)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 import edgekit
-from edgekit import ModelLoadError
+from edgekit import InputError, ModelLoadError
 
 from models import ort_reference, run_in_threads
 
@@ -67,3 +69,71 @@ def test_tvm_session_shared_between_threads(tvm_mlp, mlp_onnx):
             np.testing.assert_allclose(sess.run({"x": xs[i]})["logits"], refs[i], rtol=1e-5, atol=1e-5)
 
     run_in_threads(work, range(6))
+
+
+def _run_child(code: str, env: dict) -> dict:
+    """Run ``code`` in a fresh Python (TVM sizes its thread pools once per process thread) and parse its JSON."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_CHILD_SETUP = """
+    import json, threading, warnings
+    import numpy as np
+    import edgekit
+    from edgekit.runtimes.tvm import import_tvm_runtime
+
+    LIB, SRC = {lib!r}, {src!r}
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    def workers():  # TVM's own count of the calling thread's pool workers
+        return int(import_tvm_runtime()[0].get_global_func("runtime.NumThreads")())
+    def in_thread(fn):
+        box = {{}}
+        t = threading.Thread(target=lambda: box.update(v=fn()))
+        t.start(); t.join()
+        return box["v"]
+"""
+
+
+def test_tvm_threads_apply_per_session(tvm_mlp, mlp_onnx):
+    """Sessions with different ``threads`` share a process and a thread: each call runs on its own count."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    res = _run_child(_CHILD_SETUP.format(lib=str(tvm_mlp), src=str(mlp_onnx)) + """
+    one, two, plain = (edgekit.load(LIB, threads=1), edgekit.load(LIB, threads=2), edgekit.load(LIB))
+    fresh = in_thread(workers)  # what a thread's pool holds before edgekit sets it
+    seen, outs = [], []
+    for s in (two, one, two, plain, one):
+        outs.append(s.run({"x": x})["logits"].tolist())
+        seen.append(workers())
+    other = in_thread(lambda: (two.run({"x": x}), workers())[1])
+    print(json.dumps({"seen": seen, "fresh": fresh, "other": other, "outs": outs}))
+    """, env)
+    assert res["seen"] == [2, 1, 2, res["fresh"], 1]  # threads=N gives N workers, no threads gives TVM's own
+    assert res["other"] == 2                           # another thread's pool is set on its first call too
+    ref = ort_reference(mlp_onnx, {"x": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)})
+    for got in res["outs"]:
+        np.testing.assert_allclose(np.array(got, np.float32), ref["logits"], rtol=1e-5, atol=1e-5)  # TVM vs ORT
+
+
+def test_tvm_threads_beyond_a_sized_pool_warn(tvm_mlp, mlp_onnx):
+    """A thread whose pool TVM sized to 1 before (TVM_NUM_THREADS=1) cannot grow: the session says so."""
+    env = {**os.environ, "TVM_NUM_THREADS": "1"}
+    res = _run_child(_CHILD_SETUP.format(lib=str(tvm_mlp), src=str(mlp_onnx)) + """
+    edgekit.load(LIB).run({"x": x})  # sizes this thread's pool at 1
+    two = edgekit.load(LIB, threads=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        two.run({"x": x}); two.run({"x": x})
+    print(json.dumps({"here": workers(), "other": in_thread(lambda: (two.run({"x": x}), workers())[1]),
+                      "warnings": [str(w.message) for w in caught if w.category is RuntimeWarning]}))
+    """, env)
+    assert res["here"] == 1 and res["other"] == 2
+    assert len(res["warnings"]) == 1 and "threads=2 asked, but this thread's TVM pool holds 1" in res["warnings"][0]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5, True])
+def test_tvm_bad_threads(tvm_mlp, bad):
+    with pytest.raises(InputError, match="threads must be an integer >= 1"):
+        edgekit.load(tvm_mlp, threads=bad)
