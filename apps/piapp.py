@@ -139,6 +139,24 @@ def open_source(source: str = "auto", frames: str | Path | None = None, loop: bo
                      "give --frames DIR (a folder of images), or install python3-picamera2 / opencv-python-headless")
 
 
+def make_frames(folder: str | Path, n: int = 4, size: tuple[int, int] = (40, 30), seed: int = 1) -> Path:
+    """Write ``n`` distinct synthetic RGB images (gradients + noise) as ``frameNNN.png`` into ``folder``: frames for
+    the folder source without a camera (tests, the QEMU fixtures); ``size`` (w, h) is unlike a model's input, so
+    resizing is exercised."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 60.0 * i)], -1)
+        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"frame{i:03d}.png")
+    return folder
+
+
 # ---------------------------------------------------------------- model input
 
 

@@ -25,21 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def make_frames(folder: Path, n: int = 4, size: tuple[int, int] = (40, 30), seed: int = 1) -> Path:
-    """``n`` RGB images (gradients + noise) of a size other than the model's, so resizing is exercised."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    w, h = size
-    for i in range(n):
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 60.0 * i)], -1)
-        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"frame{i:03d}.png")
-    return folder
-
-
 def make_tflite(onnx_path: Path, out: Path) -> str | None:
     """cnn.onnx converted by edgekit's own TFLite exporter (fp32); returns why not, or None when built."""
     from edgekit.converters import get_exporter
@@ -116,7 +101,7 @@ def build(out: Path) -> dict:
     else:
         info["skipped"]["bert.composite"] = why
 
-    frames = make_frames(out / "frames")
+    frames = piapp.make_frames(out / "frames")
     rc = piapp.main(["--model", str(out / "cnn.bundle"), "--frames", str(frames), "--jsonl",
                      str(out / "ref_piapp.jsonl"), "--top", "3"])
     if rc != 0:

@@ -25,19 +25,6 @@ import models
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_frames(folder: Path, n: int = 5, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
-    """``n`` distinct RGB images (gradients + noise), not the model's input size, so resizing is exercised."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    w, h = size
-    for i in range(n):
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 40.0 * i)], -1)
-        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"frame{i:03d}.png")
-    return folder
-
-
 def expected_probs(model: Path, image: Path, hw: int = 16) -> np.ndarray:
     """Reference: PIL bilinear resize, x/255, NCHW, plain onnxruntime."""
     with Image.open(image) as im:
@@ -50,7 +37,7 @@ def expected_probs(model: Path, image: Path, hw: int = 16) -> np.ndarray:
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("piapp")
     model = models.save(models.cnn(), d / "cnn.onnx")
-    frames = make_frames(d / "frames")
+    frames = piapp.make_frames(d / "frames", n=5, seed=0)
     return model, frames
 
 
