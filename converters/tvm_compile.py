@@ -219,73 +219,76 @@ def _cpu_rules():
     from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
     from tvm.target.codegen import llvm_get_vector_width
 
-    class Elementwise(CPUScheduleRule):
+    class Rule(CPUScheduleRule):
+        """Schedules ``func`` with :meth:`schedule`; None (TVM's defaults) on other targets or shapes it cannot do."""
+
         def apply(self, func, target, _tunable):
             if not self.is_target_available(target):
                 return None
             try:
                 sch = s_tir.Schedule(func)
-                infos = normalize_prim_func(sch)
-                if not infos or not all(bi.is_injective() for bi in infos):
-                    return None
-                for bi in infos[:-1]:
-                    sch.compute_inline(bi.block_rv)
-                last = infos[-1].block_rv
-                loops = sch.get_loops(last)
-                if not loops:
-                    return None
-                fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-                extent = sch.get(fused).extent
-                if not hasattr(extent, "value"):
-                    return None
-                bits = sch.get(last).writes[0].buffer.dtype.bits if sch.get(last).writes else 32
-                lanes = max((llvm_get_vector_width(target) or 128) // max(bits, 8), 2)
-                if extent.value >= 4 * lanes:
-                    outer, inner = sch.split(fused, factors=[None, lanes])
-                    sch.vectorize(inner)
-                    if extent.value >= 1 << 14:
-                        sch.parallel(outer)
-                return sch
+                return self.schedule(sch, normalize_prim_func(sch) or [], target)
             except Exception:  # noqa: BLE001 - a shape this rule cannot handle: leave it to the defaults
                 return None
 
-    class SpatialReduce(CPUScheduleRule):
+        def schedule(self, sch, infos, target):
+            raise NotImplementedError
+
+    class Elementwise(Rule):
+        """All-injective functions: producers inlined, loops fused, vectorized, parallel when large."""
+
+        def schedule(self, sch, infos, target):
+            if not infos or not all(bi.is_injective() for bi in infos):
+                return None
+            for bi in infos[:-1]:
+                sch.compute_inline(bi.block_rv)
+            last = infos[-1].block_rv
+            loops = sch.get_loops(last)
+            if not loops:
+                return None
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            extent = sch.get(fused).extent
+            if not hasattr(extent, "value"):
+                return None
+            bits = sch.get(last).writes[0].buffer.dtype.bits if sch.get(last).writes else 32
+            lanes = max((llvm_get_vector_width(target) or 128) // max(bits, 8), 2)
+            if extent.value >= 4 * lanes:
+                outer, inner = sch.split(fused, factors=[None, lanes])
+                sch.vectorize(inner)
+                if extent.value >= 1 << 14:
+                    sch.parallel(outer)
+            return sch
+
+    class SpatialReduce(Rule):
         """Conv-like blocks (S..S R..R, several reduction axes): reductions outside a vectorized spatial tile."""
 
-        def apply(self, func, target, _tunable):
-            if not self.is_target_available(target):
+        def schedule(self, sch, infos, target):
+            reds = [bi for bi in infos if not bi.is_injective()]
+            if len(reds) != 1:
                 return None
-            try:
-                sch = s_tir.Schedule(func)
-                infos = normalize_prim_func(sch)
-                reds = [bi for bi in infos or [] if not bi.is_injective()]
-                if len(reds) != 1:
-                    return None
-                dk = reds[0].dom_kind()
-                n_s = len(dk) - len(dk.lstrip("S"))
-                if n_s < 2 or dk[n_s:].strip("R") or len(dk) - n_s < 2:
-                    return None
-                block = reds[0].block_rv
-                lanes = max((llvm_get_vector_width(target) or 128) // 32, 2)
-                loops = sch.get_loops(block)
-                spatial, reduce_ = loops[:n_s], loops[n_s:]
-                if not hasattr(sch.get(spatial[-1]).extent, "value") or sch.get(spatial[-1]).extent.value < lanes:
-                    return None
-                outer, inner = sch.split(spatial[-1], factors=[None, lanes])
-                sch.reorder(*spatial[:-1], outer, *reduce_, inner)
-                sch.parallel(sch.fuse(*spatial[:-2]) if n_s > 3 else spatial[0])
-                sch.decompose_reduction(block, reduce_[0])
-                sch.unroll(inner)  # TVM refuses to vectorize under reduction loops; LLVM's SLP vectorizer takes it
-                for bi in infos:
-                    if bi.is_injective():
-                        bl = sch.get_loops(bi.block_rv)
-                        ext = sch.get(bl[-1]).extent
-                        if hasattr(ext, "value") and ext.value >= lanes:
-                            _, vi = sch.split(bl[-1], factors=[None, lanes])
-                            sch.vectorize(vi)
-                return sch
-            except Exception:  # noqa: BLE001 - leave shapes this rule cannot handle to the defaults
+            dk = reds[0].dom_kind()
+            n_s = len(dk) - len(dk.lstrip("S"))
+            if n_s < 2 or dk[n_s:].strip("R") or len(dk) - n_s < 2:
                 return None
+            block = reds[0].block_rv
+            lanes = max((llvm_get_vector_width(target) or 128) // 32, 2)
+            loops = sch.get_loops(block)
+            spatial, reduce_ = loops[:n_s], loops[n_s:]
+            if not hasattr(sch.get(spatial[-1]).extent, "value") or sch.get(spatial[-1]).extent.value < lanes:
+                return None
+            outer, inner = sch.split(spatial[-1], factors=[None, lanes])
+            sch.reorder(*spatial[:-1], outer, *reduce_, inner)
+            sch.parallel(sch.fuse(*spatial[:-2]) if n_s > 3 else spatial[0])
+            sch.decompose_reduction(block, reduce_[0])
+            sch.unroll(inner)  # TVM refuses to vectorize under reduction loops; LLVM's SLP vectorizer takes it
+            for bi in infos:
+                if bi.is_injective():
+                    bl = sch.get_loops(bi.block_rv)
+                    ext = sch.get(bl[-1]).extent
+                    if hasattr(ext, "value") and ext.value >= lanes:
+                        _, vi = sch.split(bl[-1], factors=[None, lanes])
+                        sch.vectorize(vi)
+            return sch
 
     return Elementwise(), SpatialReduce()
 
