@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,14 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 for prec in precs]
         rows: list[dict] = []
         rank_cache: dict[tuple, list[str]] = {}
-        prebuilt: dict[tuple, dict] = {}
+        prebuilt: dict[tuple, Future] = {}
+        # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
-                          meta={"source_kind": kind, "thresholds": thresholds}) as w:
+                          meta={"source_kind": kind, "thresholds": thresholds}) as w, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-export") as pool:
+            if not fallback_ops:     # one-run exporters (onnx2tf: a subprocess) start now, beside the ONNX work
+                for label, _spec, src_path, _info, fmt, _prec in plan:
+                    _prebuilt(pool, get_exporter(fmt), w, label, src_path, fmt, precs, calib_part, prebuilt)
             bar = _bar(plan, progress)
             for label, spec, src_path, pinfo, fmt, prec in bar:
                 vid = f"{fmt}-{prec}" + (f"-{label}" if label else "")
@@ -209,8 +215,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 try:
                     if fallback_ops:
                         raise UnsupportedOpError(f"forced onto TVM: {', '.join(fallback_ops)}")
-                    path = _prebuilt(exp, w, label, src_path, fmt, precs, calib_part, prebuilt).get(prec) \
-                        or export([])
+                    path = _prebuilt(pool, exp, w, label, src_path, fmt, precs, calib_part, prebuilt
+                                     ).result().get(prec) or export([])
                     val = check(path, fmt, exp)
                     if not val["passed"] and prec != "fp32" and accuracy_aware:
                         if not _accepts(exp.export, "keep_float"):
@@ -318,22 +324,33 @@ class _CompositeGraphCheck:
             runner.close()
 
 
-def _prebuilt(exp, w: BundleWriter, label: str, src_path: Path, fmt: str, precs: list[str], calib,
-              cache: dict) -> dict[str, Path]:
-    """Every precision of one source in one call where the exporter can (``export_all``: one converter start)."""
+def _prebuilt(pool: ThreadPoolExecutor, exp, w: BundleWriter, label: str, src_path: Path, fmt: str,
+              precs: list[str], calib, cache: dict) -> Future:
+    """Every precision of one source in one call where the exporter can (``export_all``: one converter start).
+
+    Started once per (source, format) on ``pool``; the future's result maps precision -> path (empty when the
+    exporter has no ``export_all`` or it failed: precisions are then exported one by one, naming the failing one).
+    """
     key = (label, fmt)
     if key not in cache:
-        cache[key] = {}
         if hasattr(exp, "export_all") and len(precs) > 1:
             suffix = f"-{label}" if label else ""
             outs = {p: w.path_for(f"{fmt}-{p}{suffix}/model{exp.suffix}") for p in precs}
-            try:
-                cache[key] = {p: Path(o) for p, o in exp.export_all(src_path, outs, calibration=calib).items()}
-            except EdgekitError as exc:      # retried one precision at a time, which names the failing one
-                log.info("%s export_all failed (%s); exporting precisions one by one", fmt, exc)
-                for o in outs.values():
-                    _rm(o)
+            cache[key] = pool.submit(_export_all, exp, src_path, outs, calib, fmt)
+        else:
+            cache[key] = Future()
+            cache[key].set_result({})
     return cache[key]
+
+
+def _export_all(exp, src_path: Path, outs: dict[str, Path], calib, fmt: str) -> dict[str, Path]:
+    try:
+        return {p: Path(o) for p, o in exp.export_all(src_path, outs, calibration=calib).items()}
+    except EdgekitError as exc:      # retried one precision at a time, which names the failing one
+        log.info("%s export_all failed (%s); exporting precisions one by one", fmt, exc)
+        for o in outs.values():
+            _rm(o)
+        return {}
 
 
 def _bar(plan, progress: bool):
