@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,21 @@ from typing import Any
 import numpy as np
 
 from edgekit.specs import TensorSpec
+
+
+def read_tagged_json(path: Path, fmt: str, what: str) -> dict:
+    """The JSON object in ``path`` whose ``"format"`` is ``fmt``; ModelLoadError naming ``what`` (e.g. "an edgekit
+    TVM signature") when the file is not valid JSON, not an object or of another format."""
+    from edgekit.errors import ModelLoadError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelLoadError(f"{path}: not {what} (format={got!r})")
+    return data
 
 
 class Runner:

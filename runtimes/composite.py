@@ -8,7 +8,6 @@ and TVM steps view aligned arrays in place (DLPack) in both directions.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from edgekit.errors import BackendUnavailable, InputError, ModelLoadError
 from edgekit.specs import TensorSpec
 
 from . import register
-from .base import Backend, Runner
+from .base import Backend, Runner, read_tagged_json
 
 PLAN_FORMAT = "edgekit-composite"
 PLAN_NAME = "plan.json"
@@ -31,13 +30,7 @@ def read_plan(path: Path) -> tuple[dict, Path]:
     plan_path = p / PLAN_NAME if p.is_dir() else p
     if not plan_path.is_file():
         raise ModelLoadError(f"{p}: no {PLAN_NAME} composite plan")
-    try:
-        plan = json.loads(plan_path.read_text())
-    except ValueError as exc:
-        raise ModelLoadError(f"{plan_path}: invalid JSON ({exc})") from None
-    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-        fmt = plan.get("format") if isinstance(plan, dict) else type(plan).__name__
-        raise ModelLoadError(f"{plan_path}: not an edgekit composite plan (format={fmt!r})")
+    plan = read_tagged_json(plan_path, PLAN_FORMAT, "an edgekit composite plan")
     if not plan.get("steps"):
         raise ModelLoadError(f"{plan_path}: the plan has no steps")
     try:

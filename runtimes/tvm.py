@@ -17,7 +17,6 @@ before cannot grow: the session then runs with what it has and warns once (Runti
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import queue
 import sys
@@ -33,7 +32,7 @@ from edgekit.formats import tvm_sidecar
 from edgekit.specs import TensorSpec
 
 from . import register
-from .base import Backend, Runner
+from .base import Backend, Runner, read_tagged_json
 
 SIGNATURE_FORMAT = "edgekit-tvm"
 
@@ -54,13 +53,7 @@ def read_signature(path: Path) -> tuple[dict, Path]:
     meta_path = path if path.suffix == ".json" else tvm_sidecar(path)
     if not meta_path.is_file():
         raise ModelLoadError(f"{path}: no signature file {meta_path.name} next to the TVM library")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise ModelLoadError(f"{meta_path}: invalid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SIGNATURE_FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ModelLoadError(f"{meta_path}: not an edgekit TVM signature (format={fmt!r})")
+    meta = read_tagged_json(meta_path, SIGNATURE_FORMAT, "an edgekit TVM signature")
     if not isinstance(meta.get("inputs"), list) or not isinstance(meta.get("outputs"), list):
         raise ModelLoadError(f"{meta_path}: the signature needs lists of inputs and outputs")
     lib = meta_path.parent / str(meta.get("library", meta_path.with_suffix(".so").name))
