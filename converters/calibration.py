@@ -66,23 +66,27 @@ class Preprocess:
         return pre
 
 
-def load_calibration(data, inputs: Sequence[TensorSpec], preprocess=None) -> dict[str, np.ndarray]:
-    """``data`` (.npz path, image folder, or dict name -> [N, ...]) checked against ``inputs``."""
+def load_calibration(data, inputs: Sequence[TensorSpec], preprocess=None,
+                     flag: str = "--calibration") -> dict[str, np.ndarray]:
+    """``data`` (.npz path, image folder, or dict name -> [N, ...]) checked against ``inputs``.
+
+    ``flag`` names the option in error messages (``--calibration`` or ``--validation``: both take this format).
+    """
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}
-        where = "calibration dict"
+        where = f"{flag.lstrip('-')} dict"
     else:
         p = Path(data)
         where = str(p)
         if p.is_dir():
-            return _from_images(p, inputs, Preprocess.parse(preprocess))
+            return _from_images(p, inputs, Preprocess.parse(preprocess), flag)
         if not p.is_file():
-            raise InputError(f"--calibration {p}: no such file or folder (expected a .npz or a folder of images)")
+            raise InputError(f"{flag} {p}: no such file or folder (expected a .npz or a folder of images)")
         try:
             with np.load(p, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files} if hasattr(z, "files") else {inputs[0].name: np.asarray(z)}
         except (OSError, ValueError) as exc:
-            raise InputError(f"--calibration {p}: cannot read as .npz ({exc})") from None
+            raise InputError(f"{flag} {p}: cannot read as .npz ({exc})") from None
     return check_samples(arrays, inputs, where)
 
 
@@ -163,21 +167,22 @@ def synthetic(inputs: Sequence[TensorSpec], n: int = 16, seed: int = 1234) -> di
     return {k: np.concatenate(v, 0) if v and v[0].ndim else np.stack(v) for k, v in out.items()}
 
 
-def _from_images(folder: Path, inputs: Sequence[TensorSpec], pre: Preprocess) -> dict[str, np.ndarray]:
+def _from_images(folder: Path, inputs: Sequence[TensorSpec], pre: Preprocess,
+                 flag: str = "--calibration") -> dict[str, np.ndarray]:
     from PIL import Image
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(f"--calibration {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+        raise InputError(f"{flag} {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise InputError(f"--calibration {folder}: an image folder needs a model with one 4-D input, "
+        raise InputError(f"{flag} {folder}: an image folder needs a model with one 4-D input, "
                          f"the model has {[str(s) for s in inputs]}")
     spec = inputs[0]
     layout = pre.layout or ("NHWC" if spec.shape[-1] in (1, 3) and spec.shape[1] not in (1, 3) else "NCHW")
     hw = (spec.shape[2], spec.shape[3]) if layout == "NCHW" else (spec.shape[1], spec.shape[2])
     size = pre.size or tuple(d if isinstance(d, int) else None for d in hw)
     if None in size:
-        raise InputError(f"--calibration {folder}: the input {spec} has dynamic spatial dims; give size= in the "
+        raise InputError(f"{flag} {folder}: the input {spec} has dynamic spatial dims; give size= in the "
                          "preprocess spec")
     chans = spec.shape[1] if layout == "NCHW" else spec.shape[3]
     batch = []
@@ -185,7 +190,7 @@ def _from_images(folder: Path, inputs: Sequence[TensorSpec], pre: Preprocess) ->
         try:
             img = Image.open(f).convert("L" if chans == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
         except OSError as exc:
-            raise InputError(f"--calibration {f}: cannot read image ({exc})") from None
+            raise InputError(f"{flag} {f}: cannot read image ({exc})") from None
         x = np.asarray(img, np.float32).reshape(size[0], size[1], -1) * pre.scale
         x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
         batch.append(x.transpose(2, 0, 1) if layout == "NCHW" else x)

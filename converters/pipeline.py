@@ -89,13 +89,15 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             calibration_method: str = "minmax", preprocess: Any = None, accuracy_aware: bool = True,
             validation_samples: int = 16, simplify: bool = True, exporter_options: dict | None = None,
             retry_budget_s: float | None = 120.0, boards: Sequence[str] = (),
-            fallback_ops: Sequence[str] = ()) -> Bundle:
+            fallback_ops: Sequence[str] = (), validation: Any = None) -> Bundle:
     """Convert ``source`` (an ONNX path or a torch ``nn.Module`` with ``example_inputs``) into a bundle at ``out_dir``.
 
     ``targets`` default: every format whose exporter works here. ``quantize`` default: fp32, fp16 and int8
     (static int8 needs ``calibration``; without it int8-dynamic is built instead). ``prune``: ``0.5``, ``"2:4"``,
     ``"channels:0.3"`` or a list of them (pruned variants are built beside the unpruned ones).
     ``retry_budget_s``: no new accuracy-aware retry attempt of a variant starts after this many seconds.
+    ``validation``: held-out inputs (same forms as ``calibration``) every variant is checked on; by default a
+    quarter of the calibration data is held out (random inputs without it).
     ``fallback_ops``: op types forced onto TVM kernels: each target becomes a composite (runtime segments plus
     TVM kernels). A target that lacks an op of the model gets such a composite too. ``boards``: board profiles
     (e.g. ``rpi4``) whose kernels composites carry beside the host's.
@@ -157,7 +159,12 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
 
         # ---- calibration and held-out validation data
         calib_part = None
-        if calibration is not None:
+        if validation is not None:
+            hold = load_calibration(validation, inputs, preprocess, flag="--validation")
+            vdata = f"{n_samples(hold)} validation samples given with the conversion"
+            if calibration is not None:
+                calib_part = load_calibration(calibration, inputs, preprocess)
+        elif calibration is not None:
             calib = load_calibration(calibration, inputs, preprocess)
             calib_part, hold = split(calib)
             if n_samples(calib) < 4:

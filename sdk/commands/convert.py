@@ -14,6 +14,8 @@ def register(sub) -> None:
                                       "int8-dynamic instead of int8 without --calibration)")
     p.add_argument("--prune", action="append", help="0.5 (magnitude), 2:4 (N:M) or channels:0.3; repeatable")
     p.add_argument("--calibration", help=".npz with one [N, ...] array per input, or a folder of images")
+    p.add_argument("--validation", help="held-out inputs to validate every variant on (same forms as "
+                                        "--calibration; default: a quarter of the calibration data)")
     p.add_argument("--preprocess", help="for an image folder: size=224,mean=0.485/0.456/0.406,"
                                         "std=0.229/0.224/0.225,layout=NCHW,scale=0.00392")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile",
@@ -38,7 +40,8 @@ def run(args) -> int:
     from edgekit.converters.pipeline import convert
 
     bundle = convert(args.source, args.output, targets=args.targets, quantize=args.quantize,
-                     prune=args.prune, calibration=args.calibration, preprocess=args.preprocess,
+                     prune=args.prune, calibration=args.calibration, validation=args.validation,
+                     preprocess=args.preprocess,
                      calibration_method=args.calibration_method, opset=args.opset, force=args.force,
                      cosine_threshold=args.cosine, top1_threshold=args.top1, accuracy_aware=not args.no_retry,
                      progress=not args.json, boards=_split(args.board), fallback_ops=_split(args.fallback_ops))

@@ -39,6 +39,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, cnn_onnx, capsys):
         (["--prune", "channels:7"], "--prune"),
         (["--quantize", "int3"], "int3"),
         (["--calibration", str(tmp_path / "nope.npz")], "nope.npz"),
+        (["--validation", str(tmp_path / "nope.npz")], "--validation"),
     ]
     for extra, needle in cases:
         rc = main(["convert", str(cnn_onnx), "-o", str(out), "--to", "onnx"] + extra)

@@ -215,3 +215,28 @@ def test_all_available_formats(tmp_path, cnn_onnx):
         if v.validation["method"] == "runtime":
             out = b.load(v.id).run({"image": x})
             assert _cos(ref, next(iter(out.values()))) >= 0.99, v.id    # tolerance: cosine vs fp32 ORT
+
+
+def test_separate_validation_data_is_what_variants_are_checked_on(tmp_path, cnn_onnx):
+    """validation=: every variant is judged on exactly those inputs (all calibration samples calibrate)."""
+    val = _cal((1, 3, 16, 16), n=10, seed=7)
+    b = edgekit.convert(cnn_onnx, tmp_path / "v", targets="onnx", quantize=("fp32", "int8"),
+                        calibration={"image": _cal((1, 3, 16, 16))}, validation={"image": val}, progress=False)
+    q = b.variant("onnx-int8")
+    assert q.validation["n_samples"] == 10
+    ref = [models.ort_reference(cnn_onnx, {"image": val[i:i + 1]})["probs"].ravel() for i in range(10)]
+    sess = b.load("onnx-int8")
+    got = [sess.run({"image": val[i:i + 1]})["probs"].ravel() for i in range(10)]
+    # the recorded mean cosine is the one on these 10 inputs (tolerance: float rounding of the mean)
+    assert abs(np.mean([_cos(r, g) for r, g in zip(ref, got)]) - q.validation["cosine"]) < 1e-5
+    assert "10 validation samples given" in (tmp_path / "v" / "report.md").read_text()
+
+
+def test_bad_validation_data_names_the_flag(tmp_path, cnn_onnx):
+    with pytest.raises(edgekit.InputError, match="--validation"):
+        edgekit.convert(cnn_onnx, tmp_path / "v", targets="onnx", quantize="fp32",
+                        validation=tmp_path / "missing.npz", progress=False)
+    with pytest.raises(edgekit.InputError, match="no array for input 'image'"):
+        edgekit.convert(cnn_onnx, tmp_path / "v", targets="onnx", quantize="fp32",
+                        validation={"x": _cal((1, 3, 16, 16))}, progress=False)
+    assert not (tmp_path / "v").exists()
