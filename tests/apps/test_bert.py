@@ -50,6 +50,7 @@ def test_search_finds_the_relevant_document(embedder, tmp_path):
 def test_sequence_bucketing_and_budget(embedder):
     long_text = " ".join(["word"] * 100)
     assert bert.bucket_for(embedder.tokenizer.lengths([long_text])[0]) == 128
+    embedder = bert.Embedder(embedder.bundle.path, variants=["onnx-fp32", "onnx-int8-dynamic"])  # any length
     embedder.embed([long_text])
     assert embedder.last.seq_len == 128 and embedder.last.truncated == 0
     # a budget that only the shortest bucket fits truncates the text instead of missing
@@ -95,3 +96,92 @@ def test_cli_similarity_and_search(embedder, tmp_path, capsys):
     empty.write_text("")
     assert main(["app", "bert", "cats", "--corpus", str(empty)]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- TFLite variants
+TEXTS = ["a cat sits on the mat", "a kitten is resting", "stock markets fell",
+         "Edge devices run small models under a latency budget on a Raspberry Pi.", " ".join(["word"] * 100)]
+
+
+def _tflite_ids(embedder) -> list[str]:
+    ids = [v.id for v in embedder.bundle.variants if v.format == "tflite"]
+    if not ids:
+        pytest.skip(f"no TFLite variants in the bundle: {embedder.bundle.manifest.get('tflite_notes')}")
+    return ids
+
+
+def test_bundle_records_validated_tflite_variants(embedder):
+    """Two precisions x the static lengths, each with its real validation in LiteRT (cosine >= 0.99 to pass)."""
+    ids = _tflite_ids(embedder)
+    assert sorted(ids) == sorted(f"tflite-{p}-s{n}" for p in bert.TFLITE_PRECISIONS for n in bert.TFLITE_BUCKETS)
+    for vid in ids:
+        v = embedder.bundle.variant(vid)
+        assert v.validation["method"] == "runtime" and v.validation["passed"], (vid, v.validation)
+        assert v.validation["cosine"] >= 0.99 and v.extra["seq_len"] in bert.TFLITE_BUCKETS
+        assert v.inputs[0].shape == (1, v.extra["seq_len"])
+    assert embedder.bundle.variant("tflite-int8-dynamic-s128").size < 0.4 * embedder.bundle.variant(
+        "tflite-fp32-s128").size  # int8 weights
+    assert "TFLite variants" in (embedder.bundle.path / "report.md").read_text()
+
+
+def test_tflite_embeddings_match_onnx_fp32(embedder):
+    """LiteRT on real text vs ONNX fp32 at the same length: fp32 to 1e-5 abs (cosine >= 0.99999), int8 cosine
+    >= 0.99 per sentence (weights quantized, activations float)."""
+    for vid in _tflite_ids(embedder):
+        assert embedder.sessions[vid].backend == "litert"
+        seq = embedder.seq_len[vid]
+        got = embedder.run(vid, TEXTS, seq)
+        ref = embedder.run("onnx-fp32", TEXTS, seq)
+        cos = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        if "fp32" in vid:
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+            assert cos.min() >= 0.99999, (vid, cos)
+        else:
+            assert cos.min() >= 0.99, (vid, cos)
+
+
+@pytest.mark.parametrize("vid", ["tflite-fp32-s32", "tflite-int8-dynamic-s32", "tflite-int8-dynamic-s128"])
+def test_cat_sentence_is_nearer_to_kitten_on_tflite(embedder, vid):
+    if vid not in _tflite_ids(embedder):
+        pytest.skip(f"{vid} not built")
+    emb = bert.Embedder(embedder.bundle.path, variants=[vid])
+    e = emb.embed(["a cat sits on the mat", "a kitten is resting", "stock markets fell"])
+    assert emb.last.variant == vid and emb.last.seq_len == int(vid.rsplit("-s", 1)[1])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2, (e[0] @ e[1], e[0] @ e[2])
+
+
+def test_tflite_budget_picks_static_length_and_truncates(embedder):
+    """TFLite builds only: the shortest build that holds the whole text; under a budget only the short build
+    fits, a long text is truncated to it; an impossible budget is refused."""
+    ids = _tflite_ids(embedder)
+    emb = bert.Embedder(embedder.bundle.path, variants=ids)
+    assert emb.order[:2] == ["tflite-fp32-s32", "tflite-fp32-s128"]  # fp32 first, the short build first
+    long_text = " ".join(["word"] * 100)
+    emb.embed(["a short one"])
+    assert (emb.last.variant, emb.last.seq_len) == ("tflite-fp32-s32", 32)
+    emb.embed([long_text])
+    assert (emb.last.variant, emb.last.seq_len, emb.last.truncated) == ("tflite-fp32-s128", 128, 0)
+    short = [v for v in emb.order if emb.seq_len[v] == 32]
+    ctl = {v: emb.controller(v, 1) for v in emb.order}
+    tight = max(ctl[v].predict(32) for v in short) / ctl[short[0]].safety * 1.01
+    if any(ctl[v].fits(128, tight) for v in emb.order if emb.seq_len[v] == 128):
+        pytest.skip("the 128-token builds are not slower than the 32-token ones on this machine")
+    emb.embed([long_text], budget_ms=tight)
+    assert emb.last.seq_len == 32 and emb.last.truncated == 1 and emb.last.variant in short
+    with pytest.raises(DeadlineError, match="impossible"):
+        emb.embed([long_text], budget_ms=0.001)
+    with pytest.raises(InputError, match="unknown variant"):
+        bert.Embedder(embedder.bundle.path, variants=["tflite-fp64"])
+
+
+def test_tflite_skipped_cleanly_when_unavailable(app_cache, monkeypatch, tmp_path):
+    """Without the TFLite tools the bundle still gets its ONNX variants and says why TFLite is missing."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(bert, "tflite_unavailable_reason", lambda: "litert_torch not installed (test)")
+    from edgekit.bundle import Bundle
+
+    b = Bundle(bert.prepare(tmp_path / "b", progress=False))
+    assert {v.format for v in b.variants} == {"onnx"}
+    assert b.manifest["tflite_notes"] == ["TFLite variants skipped: litert_torch not installed (test)"]
+    assert "litert_torch not installed" in (b.path / "report.md").read_text()
