@@ -105,17 +105,28 @@ def rank_by_single(candidates: Sequence[str], score_only: Callable[[str], float]
     return sorted(candidates, key=lambda c: scores[c])
 
 
+def _score(m: dict) -> tuple[float, float]:
+    """What a retry tries to raise: top-1 agreement (where measured), then cosine."""
+    top1 = m.get("top1")
+    return (1.0 if top1 is None else float(top1), float(m.get("cosine", -1.0)))
+
+
 def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fraction: float = 0.5,
-          max_tries: int = 6, time_budget_s: float | None = None) -> tuple[dict, list[str]]:
+          max_tries: int = 6, time_budget_s: float | None = None, baseline: dict | None = None,
+          patience: int | None = None) -> tuple[dict, list[str]]:
     """Keep the top 1, 2, 4, ... of ``ranked`` until ``attempt(kept)["passed"]``; returns (metrics, kept).
 
-    No new attempt starts after ``time_budget_s`` seconds (slow exporters and graph checks).
+    No new attempt starts after ``time_budget_s`` seconds (slow exporters and graph checks). With ``baseline``
+    (the metrics of the variant with nothing kept) and ``patience``, the retry also stops after ``patience``
+    attempts in a row that did not beat the best score so far: keeping more of the same nodes in float is then
+    not what the variant lacks.
     """
     import time
 
     start = time.perf_counter()
     limit = max(1, int(np.ceil(len(ranked) * max_fraction)))
     k, tries, last = 1, 0, ({}, [])
+    best, stale = (_score(baseline) if baseline else None), 0
     while k <= limit and tries < max_tries:
         if tries and time_budget_s is not None and time.perf_counter() - start > time_budget_s:
             log.info("accuracy retry stopped after %d tries: time budget of %.0f s spent", tries, time_budget_s)
@@ -126,6 +137,14 @@ def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fract
         if m.get("passed"):
             return last
         tries += 1
+        if best is not None and patience:
+            if _score(m) > best:
+                best, stale = _score(m), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    log.info("accuracy retry stopped after %d tries: no gain in the last %d", tries, patience)
+                    break
         if k == limit:
             break
         k = min(k * 2, limit)

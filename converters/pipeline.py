@@ -192,14 +192,18 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         rows: list[dict] = []
         rank_cache: dict[tuple, list[str]] = {}
         prebuilt: dict[tuple, Future] = {}
+        order: dict[str, int] = {}
         # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
                           meta={"source_kind": kind, "thresholds": thresholds}) as w, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-export") as pool:
-            if not fallback_ops:     # one-run exporters (onnx2tf: a subprocess) start now, beside the ONNX work
+            if not fallback_ops:     # one-run exporters (onnx2tf: a subprocess) start now, beside the other work
                 for label, _spec, src_path, _info, fmt, _prec in plan:
                     _prebuilt(pool, get_exporter(fmt), w, label, src_path, fmt, precs, calib_part, prebuilt)
-            bar = _bar(plan, progress)
+            # variants of background exports are taken last (they wait for it); the bundle keeps the plan's order
+            place = {(r[0], r[4], r[5]): i for i, r in enumerate(plan)}
+            bar = _bar(sorted(plan, key=lambda r: (r[0], r[4]) in prebuilt and not prebuilt[(r[0], r[4])].done()),
+                       progress)
             for label, spec, src_path, pinfo, fmt, prec in bar:
                 vid = f"{fmt}-{prec}" + (f"-{label}" if label else "")
                 if progress:
@@ -241,7 +245,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
 
                             plain = work / f"plain-{vid}"       # the plain build, restored if no retry passes
                             _copy(path, plain)
-                            val2, kept = retry(ranked, attempt, time_budget_s=retry_budget_s)
+                            val2, kept = retry(ranked, attempt, time_budget_s=retry_budget_s, baseline=val, patience=2)
                             if val2 and val2.get("passed"):
                                 val = dict(val2, kept_float=kept)
                                 path = art if art.exists() else path
@@ -276,10 +280,13 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k == "params"})
                 secs = time.perf_counter() - t1
+                order[vid] = place[(label, fmt, prec)]
                 w.add_variant(vid, fmt_rec, prec, path, v_in, v_out, validation=val,
                               pruning=str(spec) if spec else None, seconds=round(secs, 2))
                 rows.append({"id": vid, "format": fmt_rec, "precision": prec, "pruning": str(spec) if spec else None,
                              "size": size_of(path), "validation": val, "seconds": secs})
+            w.variants.sort(key=lambda v: order.get(v.id, 0))
+            rows.sort(key=lambda r: order.get(r["id"], 0))
             if not rows:
                 raise BackendUnavailable(f"no variant could be built ({'; '.join(skipped)})")
             fp32 = next((r["size"] for r in rows if r["id"] == f"{fmts[0]}-fp32"), None)
