@@ -375,6 +375,13 @@ class TFLiteExporter:
         return outputs
 
 
+def _stdout_to_stderr():
+    """litert-torch and ai-edge-quantizer print progress to stdout: keep it off a CLI's (JSON) output."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
                  calibration: dict | list | None = None, force: bool = False) -> Path:
     """Convert a PyTorch module to ``out_path`` (.tflite) with litert-torch; float inputs/outputs at every precision.
@@ -385,6 +392,13 @@ def export_torch(module, example_inputs: tuple, out_path: Path, precision: str =
     ``calibration`` for static int8: a list of example-input tuples, or a dict input-position/name -> array
     [N, ...] (sample ``i`` is ``arr[i:i+1]``), in the order of ``example_inputs``.
     """
+    with _stdout_to_stderr():
+        return _export_torch(module, example_inputs, out_path, precision, calibration, force)
+
+
+def _export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
+                  calibration: dict | list | None = None, force: bool = False) -> Path:
+    """:func:`export_torch`, with the converters' stdout output going to stderr."""
     from edgekit._extras import require
 
     _check_precision(precision, calibration)
@@ -444,12 +458,14 @@ def dynamic_range_int8(f32: Path, out_path: Path, force: bool = False) -> Path:
     from edgekit._extras import require
 
     require("ai_edge_quantizer", "tflite-export", "dynamic-range int8 TFLite quantization")
+    check_writable(Path(out_path), force)
     from ai_edge_quantizer import quantizer, recipe
 
     try:
-        qt = quantizer.Quantizer(str(f32))
-        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        blob = qt.quantize().quantized_model
+        with _stdout_to_stderr():
+            qt = quantizer.Quantizer(str(f32))
+            qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            blob = qt.quantize().quantized_model
     except Exception as exc:
         raise ConversionError(f"{Path(f32).name}: dynamic-range int8 quantization failed: "
                               f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
