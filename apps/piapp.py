@@ -29,6 +29,8 @@ from edgekit.errors import EdgekitError, InputError, OutputExistsError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 #: normalizations of 0..255 RGB pixels: (mean, std) per channel, applied as (x/255 - mean) / std
+#: a NORMS name or a (mean, std) pair on [0, 1] pixels
+Norm = str | tuple[Sequence[float], Sequence[float]]
 NORMS = {
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -175,10 +177,25 @@ def input_layout(shape: Sequence) -> tuple[str, int, int]:
     raise InputError(f"cannot tell the channel axis of input shape {list(shape)}: expected 1 or 3 channels")
 
 
-def preprocess(rgb: np.ndarray, shape: Sequence, dtype: Any = np.float32, norm: str = "unit") -> np.ndarray:
+def bundle_norm(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) a bundle's manifest records for its image input (``edgekit convert --preprocess``), or None."""
+    from edgekit.bundle import Bundle
+
+    pre = Bundle(path).manifest.get("preprocess") or {}
+    if "mean" not in pre or "std" not in pre:
+        return None
+    scale = float(pre.get("scale", 1 / 255))
+    if abs(scale * 255 - 1) > 1e-6:         # the app scales pixels by 1/255: fold another scale into mean/std
+        k = scale * 255
+        return tuple(m / k for m in pre["mean"]), tuple(s / k for s in pre["std"])
+    return tuple(pre["mean"]), tuple(pre["std"])
+
+
+def preprocess(rgb: np.ndarray, shape: Sequence, dtype: Any = np.float32, norm: Norm = "unit") -> np.ndarray:
     """An RGB uint8 frame -> one batch of the model input: bilinear resize, normalize, channel layout.
 
-    Float inputs get ``(x/255 - mean) / std`` (``norm``); uint8 inputs the raw 0..255 pixels; int8 inputs the pixels
+    Float inputs get ``(x/255 - mean) / std`` (``norm``: a name of NORMS or a (mean, std) pair); uint8 inputs the
+    raw 0..255 pixels; int8 inputs the pixels
     shifted by -128 (TFLite's int8 image convention), never wrapped around.
     """
     from PIL import Image
@@ -193,7 +210,7 @@ def preprocess(rgb: np.ndarray, shape: Sequence, dtype: Any = np.float32, norm: 
         x = x[..., None]
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
-        mean, std = NORMS[norm]
+        mean, std = NORMS[norm] if isinstance(norm, str) else norm
         x = (x.astype(np.float32) / 255.0 - np.float32(mean[:channels])) / np.float32(std[:channels])
     elif dtype.kind == "i" and dtype.itemsize == 1:
         x = x.astype(np.int16) - 128
@@ -256,7 +273,7 @@ class PiApp:
     """The classification loop: source -> preprocess -> session -> JSON line (+ stats for HTTP)."""
 
     def __init__(self, session, source, out: TextIO | None = None, budget_ms: float | None = None, k: int = 3,
-                 labels: Sequence[str] | None = None, norm: str = "unit", interval_s: float = 0.0,
+                 labels: Sequence[str] | None = None, norm: Norm = "unit", interval_s: float = 0.0,
                  max_frames: int | None = None):
         self.session = session
         self.source = source
@@ -356,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-ms", type=float, help="latency budget per frame (bundles choose variants to meet it)")
     p.add_argument("--backend", default="auto", help="runtime to use (edgekit backends lists them)")
     p.add_argument("--threads", type=int, help="runtime threads")
-    p.add_argument("--norm", choices=tuple(NORMS), default="unit", help="pixel normalization of float inputs")
+    p.add_argument("--norm", choices=tuple(NORMS), help="pixel normalization of float inputs (default: the "
+                   "bundle's recorded preprocessing, else unit)")
     p.add_argument("--labels", help="text file with one class label per line")
     p.add_argument("--top", type=int, default=3, help="classes per result")
     p.add_argument("--http", type=int, metavar="PORT", help="serve /healthz /latest /stats on 127.0.0.1:PORT (0: any)")
@@ -391,13 +409,14 @@ def _main(args) -> int:
             raise InputError(f"--labels: cannot read {args.labels!r} ({exc})") from None
     if args.jsonl and Path(args.jsonl).exists() and not args.force:
         raise OutputExistsError(f"--jsonl {args.jsonl!r} exists; give --force to overwrite it")
+    norm = args.norm or (bundle_norm(args.model) if is_bundle else None) or "unit"
     session = edgekit.load(args.model, backend=args.backend, **opts)
     source = out = server = app = None
     try:
         source = open_source(args.source, args.frames, loop=args.loop, camera=args.camera)
         # the app checks the model before anything is written to --jsonl
         app = PiApp(session, source, out=sys.stdout, budget_ms=args.budget_ms, k=args.top, labels=labels,
-                    norm=args.norm, interval_s=args.interval_ms / 1e3, max_frames=args.max_frames)
+                    norm=norm, interval_s=args.interval_ms / 1e3, max_frames=args.max_frames)
         if args.jsonl:
             try:
                 out = app.out = open(args.jsonl, "w")  # noqa: SIM115 - closed below

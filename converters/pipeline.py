@@ -96,6 +96,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
     (static int8 needs ``calibration``; without it int8-dynamic is built instead). ``prune``: ``0.5``, ``"2:4"``,
     ``"channels:0.3"`` or a list of them (pruned variants are built beside the unpruned ones).
     ``retry_budget_s``: no new accuracy-aware retry attempt of a variant starts after this many seconds.
+    ``preprocess``: how images become inputs (``size=224,mean=..,std=..,layout=NCHW``): used for an image-folder
+    ``calibration`` and recorded in the manifest.
     ``validation``: held-out inputs (same forms as ``calibration``) every variant is checked on; by default a
     quarter of the calibration data is held out (random inputs without it).
     ``fallback_ops``: op types forced onto TVM kernels: each target becomes a composite (runtime segments plus
@@ -125,6 +127,13 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         items = prune if isinstance(prune, (list, tuple)) else [prune]
         specs = [parse_prune(p) for p in items]
     check_writable(out_dir, force)
+    meta: dict[str, Any] = {}
+    if preprocess is not None:       # checked now; recorded so apps feed the bundle as it was calibrated
+        from dataclasses import asdict
+
+        from .calibration import Preprocess
+
+        meta["preprocess"] = asdict(Preprocess.parse(preprocess))
     opts = dict(exporter_options or {})
     fallback_ops = list(dict.fromkeys(fallback_ops or ()))
     boards = list(dict.fromkeys(boards or ()))
@@ -195,7 +204,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         order: dict[str, int] = {}
         # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
-                          meta={"source_kind": kind, "thresholds": thresholds}) as w, \
+                          meta={"source_kind": kind, "thresholds": thresholds, **meta}) as w, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-export") as pool:
             if not fallback_ops:     # one-run exporters (onnx2tf: a subprocess) start now, beside the other work
                 for label, _spec, src_path, _info, fmt, _prec in plan:

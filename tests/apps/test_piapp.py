@@ -194,3 +194,28 @@ def test_int8_inputs_are_shifted_not_wrapped():
     frame = np.full((4, 4, 3), 200, np.uint8)
     x = piapp.preprocess(frame, (1, 3, 4, 4), np.int8)
     assert x.dtype == np.int8 and int(x.min()) == int(x.max()) == 72   # 200 - 128, not 200 wrapped to -56
+
+
+def test_bundle_preprocessing_is_the_default_norm(setup, tmp_path):
+    """A bundle converted with a preprocessing spec is fed that way by default (--norm still overrides it)."""
+    model, frames = setup
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    bundle = tmp_path / "b"
+    edgekit.convert(model, bundle, targets="onnx", quantize="fp32", progress=False,
+                    preprocess={"size": 16, "mean": list(mean), "std": list(std), "layout": "NCHW"})
+    got_mean, got_std = piapp.bundle_norm(bundle)
+    assert got_mean == pytest.approx(mean) and got_std == pytest.approx(std)
+    out = tmp_path / "out.jsonl"
+    assert piapp.main(["--model", str(bundle), "--frames", str(frames), "--jsonl", str(out)]) == 0
+    rec = json.loads(out.read_text().splitlines()[0])
+    path = sorted(frames.iterdir())[0]
+    with Image.open(path) as im:
+        x = np.asarray(im.convert("RGB").resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = ((x - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
+    ref = models.ort_reference(model, {"image": x.astype(np.float32)})["probs"][0]
+    for t in rec["top"]:
+        assert t["score"] == pytest.approx(float(ref[t["index"]]), abs=1e-5)   # fp32, 6-decimal JSON
+    # a bundle without a recorded spec keeps the unit default
+    plain = tmp_path / "plain"
+    edgekit.convert(model, plain, targets="onnx", quantize="fp32", progress=False)
+    assert piapp.bundle_norm(plain) is None

@@ -240,3 +240,15 @@ def test_bad_validation_data_names_the_flag(tmp_path, cnn_onnx):
         edgekit.convert(cnn_onnx, tmp_path / "v", targets="onnx", quantize="fp32",
                         validation={"x": _cal((1, 3, 16, 16))}, progress=False)
     assert not (tmp_path / "v").exists()
+
+
+def test_preprocess_spec_is_checked_and_recorded(tmp_path, cnn_onnx):
+    b = edgekit.convert(cnn_onnx, tmp_path / "p", targets="onnx", quantize="fp32", progress=False,
+                        preprocess="size=16,mean=0.5/0.5/0.5,std=0.25/0.25/0.25,layout=NCHW")
+    pre = b.manifest["preprocess"]
+    assert pre["size"] == [16, 16] and pre["mean"] == [0.5] * 3 and pre["std"] == [0.25] * 3
+    assert pre["layout"] == "NCHW"
+    with pytest.raises(edgekit.InputError, match="preprocess spec"):
+        edgekit.convert(cnn_onnx, tmp_path / "q", targets="onnx", quantize="fp32", progress=False,
+                        preprocess="size=16,colour=bgr")
+    assert not (tmp_path / "q").exists()
