@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DeadlineError, InputError
+from edgekit.errors import BackendUnavailable, DeadlineError, InputError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 BUCKETS = (16, 32, 64, 128)
@@ -206,8 +206,9 @@ def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "i
     ONNX variants (``quantize``, dynamic batch and sequence length) come from :func:`edgekit.convert`. With
     ``tflite``, LiteRT variants are added: fp32 (litert-torch) and dynamic-range int8 (ai-edge-quantizer) per
     sequence length of ``tflite_buckets``, batch 1, each validated in LiteRT against the ONNX fp32 model on
-    held-out sentences (cosine of embeddings). Where they cannot be built the bundle has the ONNX variants and
-    its manifest/report say why (``tflite_notes``).
+    held-out sentences (cosine of embeddings), in nested bundles ``tflite-s<N>/`` (see :func:`_write_bundle`).
+    Where they cannot be built the bundle has the ONNX variants and its manifest (``tflite.notes``) and
+    report say why.
     """
     import tempfile
 
@@ -311,39 +312,53 @@ def build_tflite(model, onnx_src: Path, work: Path, buckets: Sequence[int], prog
 
 
 def _write_bundle(out: Path, onnx_bundle, tflite: list[dict], notes: list[str], force: bool) -> None:
-    """One bundle with the ONNX variants of ``onnx_bundle`` and the TFLite ones (batch 1, static length)."""
+    """The bundle: the ONNX variants of ``onnx_bundle`` at the top (any batch and length, as the facade expects
+    of one bundle) and one nested bundle per TFLite sequence length (``tflite-s32/`` ...: batch 1, int32 ids),
+    so every bundle keeps one input contract and ``edgekit.load`` / budgets work on each of them alone."""
     from edgekit.bundle_writer import BundleWriter
     from edgekit.specs import TensorSpec
 
     m = onnx_bundle.manifest
     meta = {k: v for k, v in m.items() if k not in ("schema_version", "edgekit_version", "created", "source",
                                                     "inputs", "outputs", "variants")}
-    meta["tflite_notes"] = notes
+    lengths = sorted({t["seq_len"] for t in tflite})
+    meta["tflite"] = {"bundles": [f"tflite-s{n}" for n in lengths], "notes": notes}
+    if m.get("source"):
+        meta["source"] = m["source"]  # the ONNX export's name and hash (meta keys win in the manifest)
+    out_spec = [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))]
     with BundleWriter(out, force=force, inputs=[TensorSpec.from_json(s) for s in m["inputs"]],
                       outputs=[TensorSpec.from_json(s) for s in m["outputs"]], meta=meta) as w:
-        if m.get("source"):
-            w.meta["source"] = m["source"]  # the ONNX export's name and hash (meta keys win in the manifest)
         for v in onnx_bundle.variants:
             w.add_variant(v.id, v.format, v.precision, onnx_bundle.artifact(v), v.inputs, v.outputs,
                           validation=v.validation, pruning=v.pruning,
                           companions=[onnx_bundle.path / f["path"] for f in v.files], **v.extra)
         rows = []
-        for t in tflite:
-            seq = t["seq_len"]
+        for seq in lengths:
             ins = [TensorSpec(n, (1, seq), np.dtype(np.int32)) for n in INPUTS]
-            w.add_variant(t["id"], "tflite", t["precision"], t["path"], ins,
-                          [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))], validation=t["validation"],
-                          seq_len=seq, seconds=t["seconds"])
-            val = t["validation"]
-            rows.append(f"| {t['id']} | {seq} | {t['path'].stat().st_size / 2**20:.1f} MiB | {val['cosine']:.5f} "
-                        f"| {val['max_abs']:.2e} | {'yes' if val['passed'] else 'NO'} | {t['seconds']:.1f} s |")
+            sub_meta = {"thresholds": {"cosine": 0.99}, "source": meta.get("source", {}), "seq_len": seq,
+                        "parent": MODEL_NAME}
+            with BundleWriter(w.path_for(f"tflite-s{seq}"), inputs=ins, outputs=out_spec, meta=sub_meta) as sw:
+                for t in (t for t in tflite if t["seq_len"] == seq):
+                    sw.add_variant(t["id"], "tflite", t["precision"], t["path"], ins, out_spec,
+                                   validation=t["validation"], seq_len=seq, seconds=t["seconds"])
+                    val = t["validation"]
+                    rows.append(f"| {t['id']} | tflite-s{seq}/ | {t['path'].stat().st_size / 2**20:.1f} MiB "
+                                f"| {val['cosine']:.5f} | {val['max_abs']:.2e} | {'yes' if val['passed'] else 'NO'} "
+                                f"| {t['seconds']:.1f} s |")
         report = (onnx_bundle.path / "report.md").read_text() if (onnx_bundle.path / "report.md").is_file() else ""
-        report += "\n\n## TFLite variants (LiteRT, batch 1, static sequence length)\n\n"
+        report += "\n\n## TFLite variants (LiteRT, batch 1, static sequence length; nested bundles)\n\n"
         if rows:
-            report += ("| variant | seq | size | cosine vs ONNX fp32 | max abs | passed | build |\n"
+            report += ("| variant | bundle | size | cosine vs ONNX fp32 | max abs | passed | build |\n"
                        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
         report += "".join(f"\n- {n}" for n in notes)
         w.report = report + "\n"
+
+
+def tflite_bundles(bundle) -> list:
+    """The nested TFLite bundles (one per sequence length) of a prepared MiniLM bundle."""
+    from edgekit.bundle import Bundle
+
+    return [Bundle(bundle.path / rel) for rel in (bundle.manifest.get("tflite") or {}).get("bundles", [])]
 
 
 def _copy_tree(src: Path, out: Path, force: bool) -> None:
@@ -385,10 +400,13 @@ class Embedder:
         self.bundle = Bundle(bundle or prepare(progress=progress))
         self.tokenizer = Tokenizer()
         self.batch_size = batch_size
-        chosen = [v for v in self.bundle.runnable(backend) if v.passed]
+        #: the bundle each variant id lives in (the top one, or a nested TFLite one)
+        self.bundle_of = {v.id: b for b in [self.bundle, *tflite_bundles(self.bundle)] for v in b.variants}
+        chosen = [v for b in {id(b): b for b in self.bundle_of.values()}.values() for v in b.runnable(backend)
+                  if v.passed]
         if variants is not None:
             wanted = list(variants)
-            known = {v.id: v for v in self.bundle.variants}
+            known = {vid: b.variant(vid) for vid, b in self.bundle_of.items()}
             unknown = [w for w in wanted if w not in known]
             if unknown:
                 raise InputError(f"unknown variant(s) {unknown}; the bundle has {sorted(known)}")
@@ -399,11 +417,12 @@ class Embedder:
             chosen = [v for v in chosen if v.id in wanted]
         if not chosen:
             self.bundle.best(backend)  # raises with the reasons
+            raise BackendUnavailable(f"{self.bundle.path}: no variant passes validation and runs here")
         # most accurate first; at equal accuracy a variant taking any length before static-length ones, then
         # more bits first and the shorter static length first (a short text then runs on the short build)
         chosen.sort(key=lambda v: (rank_key(v)[:2], _static_len(v) is not None, rank_key(v)[2], _static_len(v) or 0,
                                    rank_key(v)[3:]))
-        self.sessions = {v.id: self.bundle.load(v, backend=backend, **options) for v in chosen}
+        self.sessions = {v.id: self.bundle_of[v.id].load(v, backend=backend, **options) for v in chosen}
         self.order = [v.id for v in chosen]
         #: the fixed sequence length of each variant (None: any bucket) and its fixed batch (None: any)
         self.seq_len = {vid: _fixed_dim(s, 1) for vid, s in self.sessions.items()}

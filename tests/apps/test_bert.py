@@ -104,9 +104,9 @@ TEXTS = ["a cat sits on the mat", "a kitten is resting", "stock markets fell",
 
 
 def _tflite_ids(embedder) -> list[str]:
-    ids = [v.id for v in embedder.bundle.variants if v.format == "tflite"]
+    ids = [vid for vid, b in embedder.bundle_of.items() if b.variant(vid).format == "tflite"]
     if not ids:
-        pytest.skip(f"no TFLite variants in the bundle: {embedder.bundle.manifest.get('tflite_notes')}")
+        pytest.skip(f"no TFLite variants in the bundle: {embedder.bundle.manifest.get('tflite')}")
     return ids
 
 
@@ -114,13 +114,14 @@ def test_bundle_records_validated_tflite_variants(embedder):
     """Two precisions x the static lengths, each with its real validation in LiteRT (cosine >= 0.99 to pass)."""
     ids = _tflite_ids(embedder)
     assert sorted(ids) == sorted(f"tflite-{p}-s{n}" for p in bert.TFLITE_PRECISIONS for n in bert.TFLITE_BUCKETS)
+    assert [b.path.name for b in bert.tflite_bundles(embedder.bundle)] == [f"tflite-s{n}" for n in bert.TFLITE_BUCKETS]
     for vid in ids:
-        v = embedder.bundle.variant(vid)
+        v = embedder.bundle_of[vid].variant(vid)
         assert v.validation["method"] == "runtime" and v.validation["passed"], (vid, v.validation)
         assert v.validation["cosine"] >= 0.99 and v.extra["seq_len"] in bert.TFLITE_BUCKETS
         assert v.inputs[0].shape == (1, v.extra["seq_len"])
-    assert embedder.bundle.variant("tflite-int8-dynamic-s128").size < 0.4 * embedder.bundle.variant(
-        "tflite-fp32-s128").size  # int8 weights
+    sub = embedder.bundle_of["tflite-fp32-s128"]
+    assert sub.variant("tflite-int8-dynamic-s128").size < 0.4 * sub.variant("tflite-fp32-s128").size  # int8 weights
     assert "TFLite variants" in (embedder.bundle.path / "report.md").read_text()
 
 
@@ -183,5 +184,27 @@ def test_tflite_skipped_cleanly_when_unavailable(app_cache, monkeypatch, tmp_pat
 
     b = Bundle(bert.prepare(tmp_path / "b", progress=False))
     assert {v.format for v in b.variants} == {"onnx"}
-    assert b.manifest["tflite_notes"] == ["TFLite variants skipped: litert_torch not installed (test)"]
+    assert b.manifest["tflite"] == {"bundles": [],
+                                    "notes": ["TFLite variants skipped: litert_torch not installed (test)"]}
     assert "litert_torch not installed" in (b.path / "report.md").read_text()
+
+
+def test_facade_on_the_bundle_and_its_tflite_bundles(embedder):
+    """Each bundle keeps one input contract: the top one (ONNX, any batch/length) still loads ONNX fp32 by default
+    and takes [2, N] int64 ids; a nested TFLite bundle runs in LiteRT under a budget on [1, 32] int32 ids.
+    Tolerance: 1e-5 abs for fp32 LiteRT vs ONNX fp32, cosine >= 0.99 for whichever variant the budget ran."""
+    import edgekit
+
+    _tflite_ids(embedder)
+    feeds = embedder.tokenizer(["a cat sits on the mat", "a kitten is resting"], 32)
+    top = edgekit.load(embedder.bundle.path)
+    assert top.variant == "onnx-fp32"
+    ref = top.run(feeds)[bert.OUTPUT]
+    one = {k: v[:1].astype(np.int32) for k, v in feeds.items()}
+    sub = edgekit.load(embedder.bundle.path / "tflite-s32")
+    assert sub.backend == "litert" and sub.variant == "tflite-fp32-s32"
+    np.testing.assert_allclose(sub.run(one)[bert.OUTPUT], ref[:1], atol=1e-5)
+    with edgekit.load(embedder.bundle.path / "tflite-s32", budget_ms=10_000) as budgeted:
+        got = budgeted.run(one)[bert.OUTPUT]
+        assert budgeted.last_run["variant"] in ("tflite-fp32-s32", "tflite-int8-dynamic-s32")
+    assert float(got[0] @ ref[0]) >= 0.99
