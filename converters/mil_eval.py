@@ -67,19 +67,25 @@ def _conv(op) -> np.ndarray:
     groups = int(op.groups.val) if op.groups is not None else 1
     pads = _pads(op, x.shape[2:], list(w.shape[2:]), strides, dil)
     acc = np.float32 if x.dtype == np.float16 else x.dtype
-    xp = np.pad(x.astype(acc), [(0, 0), (0, 0)] + pads)
-    win = _windows(xp, list(w.shape[2:]), strides, dil)        # [N, Cin, *out, *k]
     N, cin = x.shape[:2]
     cout = w.shape[0]
+    if groups == 1 and all(k == 1 for k in w.shape[2:]) and all(s == 1 for s in strides) and \
+            not any(a or b for a, b in pads):            # pointwise: one matrix product
+        y = np.matmul(w.astype(acc).reshape(cout, cin), x.astype(acc).reshape(N, cin, -1))
+        y = y.reshape((N, cout) + x.shape[2:])
+        if op.bias is not None:
+            y = y + op.bias.val.astype(acc).reshape((1, cout) + (1,) * n)
+        return y.astype(x.dtype)
+    xp = np.pad(x.astype(acc), [(0, 0), (0, 0)] + pads)
+    win = _windows(xp, list(w.shape[2:]), strides, dil)        # [N, Cin, *out, *k]
     cg, og = cin // groups, cout // groups
-    outs = []
+    out_sp = win.shape[2:2 + n]
     letters = "defgh"[:n]
-    for g in range(groups):
-        wg = w[g * og:(g + 1) * og].astype(acc)                # [og, cg, *k]
-        xg = win[:, g * cg:(g + 1) * cg]                       # [N, cg, *out, *k]
-        spec = f"nc{''.join(letters.upper())}{letters},oc{letters}->no{''.join(letters.upper())}"
-        outs.append(np.einsum(spec, xg, wg, optimize=True))
-    y = np.concatenate(outs, axis=1)
+    # all groups in one contraction (depthwise convs have hundreds): [N, G, cg, *out, *k] x [G, og, cg, *k]
+    xg = win.reshape((N, groups, cg) + win.shape[2:])
+    wg = w.astype(acc).reshape((groups, og, cg) + w.shape[2:])
+    spec = f"nac{letters.upper()}{letters},aoc{letters}->nao{letters.upper()}"
+    y = np.einsum(spec, xg, wg, optimize=True).reshape((N, cout) + out_sp)
     if op.bias is not None:
         y = y + op.bias.val.astype(acc).reshape((1, cout) + (1,) * n)
     return y.astype(x.dtype)
