@@ -202,6 +202,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         rank_cache: dict[tuple, list[str]] = {}
         prebuilt: dict[tuple, Future] = {}
         order: dict[str, int] = {}
+        built_onnx: dict[tuple, Path] = {}
         # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
                           meta={"source_kind": kind, "thresholds": thresholds, **meta}) as w, \
@@ -245,8 +246,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                         else:
                             key = (label, prec)
                             if key not in rank_cache:
-                                rank_cache[key] = _quant_ranking(src_path, path if fmt == "onnx" else None, prec,
-                                                                 calib_part, feeds, work, vid)
+                                onnx_q = path if fmt == "onnx" else built_onnx.get(key)
+                                rank_cache[key] = _quant_ranking(src_path, onnx_q, prec, calib_part, feeds, work, vid)
                             ranked = rank_cache[key]
 
                             def attempt(keep: list[str], fmt=fmt, exp=exp) -> dict:
@@ -292,6 +293,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                 order[vid] = place[(label, fmt, prec)]
                 w.add_variant(vid, fmt_rec, prec, path, v_in, v_out, validation=val,
                               pruning=str(spec) if spec else None, seconds=round(secs, 2))
+                if fmt_rec == "onnx" and not val.get("kept_float"):
+                    built_onnx[(label, prec)] = path       # other formats rank their nodes on it (no re-quantizing)
                 rows.append({"id": vid, "format": fmt_rec, "precision": prec, "pruning": str(spec) if spec else None,
                              "size": size_of(path), "validation": val, "seconds": secs})
             w.variants.sort(key=lambda v: order.get(v.id, 0))
