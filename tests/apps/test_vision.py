@@ -126,3 +126,21 @@ def test_prepare_never_replaces_a_users_folder(tmp_path):
     with pytest.raises(OutputExistsError, match="not an edgekit bundle"):
         vision.prepare(out=tmp_path, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_bundle_is_validated_on_held_out_views(vision_bundle):
+    """Variants are judged on the 84 fixed views (none used to calibrate) against the app's thresholds."""
+    from edgekit.bundle import Bundle
+
+    photos = vision.sample_photos()
+    views = vision.fixed_views(photos)
+    assert len(views) == 14 * len(photos)
+    calib = {v.tobytes() for v in vision.random_views(photos, vision.CALIBRATION_VIEWS, seed=1)}
+    assert not any(v.tobytes() in calib for v in views)
+    b = Bundle(vision_bundle)
+    assert b.manifest["thresholds"]["top1"] == vision.TOP1_THRESHOLD
+    for v in b.variants:
+        val = v.validation
+        assert val["n_samples"] == len(views), v.id
+        expect = val["cosine"] >= b.manifest["thresholds"]["cosine"] and val["top1"] >= vision.TOP1_THRESHOLD
+        assert val["passed"] == expect, (v.id, val)
