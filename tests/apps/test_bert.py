@@ -111,69 +111,88 @@ def _tflite_ids(embedder) -> list[str]:
 
 
 def test_bundle_records_validated_tflite_variants(embedder):
-    """Two precisions x the static lengths, each with its real validation in LiteRT (cosine >= 0.99 to pass)."""
+    """fp32 and int8 LiteRT files, each with one signature per length, validated in LiteRT (cosine >= 0.99)."""
     ids = _tflite_ids(embedder)
-    assert sorted(ids) == sorted(f"tflite-{p}-s{n}" for p in bert.TFLITE_PRECISIONS for n in bert.TFLITE_BUCKETS)
-    assert [b.path.name for b in bert.tflite_bundles(embedder.bundle)] == [f"tflite-s{n}" for n in bert.TFLITE_BUCKETS]
+    assert [b.path.name for b in bert.tflite_bundles(embedder.bundle)] == ["tflite"]
+    assert sorted(ids) == sorted(f"tflite-{p}" for p in bert.TFLITE_PRECISIONS)
+    sub = embedder.bundle_of[ids[0]]
     for vid in ids:
-        v = embedder.bundle_of[vid].variant(vid)
+        v = sub.variant(vid)
         assert v.validation["method"] == "runtime" and v.validation["passed"], (vid, v.validation)
-        assert v.validation["cosine"] >= 0.99 and v.extra["seq_len"] in bert.TFLITE_BUCKETS
-        assert v.inputs[0].shape == (1, v.extra["seq_len"])
-    sub = embedder.bundle_of["tflite-fp32-s128"]
-    assert sub.variant("tflite-int8-dynamic-s128").size < 0.4 * sub.variant("tflite-fp32-s128").size  # int8 weights
+        assert v.validation["cosine"] >= 0.99 and v.extra["seq_lens"] == list(bert.TFLITE_BUCKETS)
+        assert min(v.validation["cosine_min_by_seq_len"].values()) >= 0.99, v.validation
+        assert v.inputs[0].shape == (1, None) and embedder.lengths(vid) == bert.TFLITE_BUCKETS
+    assert sub.variant("tflite-int8-dynamic").size < 0.4 * sub.variant("tflite-fp32").size  # int8 weights
+    assert sub.variant("tflite-fp32").size < 1.1 * embedder.bundle.variant("onnx-fp32").size  # weights shared
     assert "TFLite variants" in (embedder.bundle.path / "report.md").read_text()
 
 
 def test_tflite_embeddings_match_onnx_fp32(embedder):
-    """LiteRT on real text vs ONNX fp32 at the same length: fp32 to 1e-5 abs (cosine >= 0.99999), int8 cosine
+    """LiteRT on real text vs ONNX fp32 at every length: fp32 to 1e-5 abs (cosine >= 0.99999), int8 cosine
     >= 0.99 per sentence (weights quantized, activations float)."""
     for vid in _tflite_ids(embedder):
         assert embedder.sessions[vid].backend == "litert"
-        seq = embedder.seq_len[vid]
-        got = embedder.run(vid, TEXTS, seq)
-        ref = embedder.run("onnx-fp32", TEXTS, seq)
-        cos = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-        if "fp32" in vid:
-            np.testing.assert_allclose(got, ref, atol=1e-5)
-            assert cos.min() >= 0.99999, (vid, cos)
-        else:
-            assert cos.min() >= 0.99, (vid, cos)
+        for seq in embedder.lengths(vid):
+            got = embedder.run(vid, TEXTS, seq)
+            ref = embedder.run("onnx-fp32", TEXTS, seq)
+            cos = np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+            if vid == "tflite-fp32":
+                np.testing.assert_allclose(got, ref, atol=1e-5)
+                assert cos.min() >= 0.99999, (vid, seq, cos)
+            else:
+                assert cos.min() >= 0.99, (vid, seq, cos)
 
 
-@pytest.mark.parametrize("vid", ["tflite-fp32-s32", "tflite-int8-dynamic-s32", "tflite-int8-dynamic-s128"])
+@pytest.mark.parametrize("vid", ["tflite-fp32", "tflite-int8-dynamic"])
 def test_cat_sentence_is_nearer_to_kitten_on_tflite(embedder, vid):
     if vid not in _tflite_ids(embedder):
         pytest.skip(f"{vid} not built")
     emb = bert.Embedder(embedder.bundle.path, variants=[vid])
     e = emb.embed(["a cat sits on the mat", "a kitten is resting", "stock markets fell"])
-    assert emb.last.variant == vid and emb.last.seq_len == int(vid.rsplit("-s", 1)[1])
+    assert (emb.last.variant, emb.last.seq_len) == (vid, 16)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2, (e[0] @ e[1], e[0] @ e[2])
 
 
-def test_tflite_budget_picks_static_length_and_truncates(embedder):
-    """TFLite builds only: the shortest build that holds the whole text; under a budget only the short build
-    fits, a long text is truncated to it; an impossible budget is refused."""
+def test_tflite_budget_picks_length_and_variant(embedder):
+    """TFLite builds only: the whole text at its bucket; under a budget that only the shortest length fits, a
+    long text is truncated to it; an impossible budget is refused; a length with no signature is an error."""
     ids = _tflite_ids(embedder)
     emb = bert.Embedder(embedder.bundle.path, variants=ids)
-    assert emb.order[:2] == ["tflite-fp32-s32", "tflite-fp32-s128"]  # fp32 first, the short build first
+    assert emb.order == ["tflite-fp32", "tflite-int8-dynamic"]  # most accurate first
     long_text = " ".join(["word"] * 100)
     emb.embed(["a short one"])
-    assert (emb.last.variant, emb.last.seq_len) == ("tflite-fp32-s32", 32)
+    assert (emb.last.variant, emb.last.seq_len) == ("tflite-fp32", 16)
     emb.embed([long_text])
-    assert (emb.last.variant, emb.last.seq_len, emb.last.truncated) == ("tflite-fp32-s128", 128, 0)
-    short = [v for v in emb.order if emb.seq_len[v] == 32]
+    assert (emb.last.variant, emb.last.seq_len, emb.last.truncated) == ("tflite-fp32", 128, 0)
     ctl = {v: emb.controller(v, 1) for v in emb.order}
-    tight = max(ctl[v].predict(32) for v in short) / ctl[short[0]].safety * 1.01
-    if any(ctl[v].fits(128, tight) for v in emb.order if emb.seq_len[v] == 128):
-        pytest.skip("the 128-token builds are not slower than the 32-token ones on this machine")
+    tight = max(c.predict(16) for c in ctl.values()) / ctl[ids[0]].safety * 1.01
+    if any(c.fits(32, tight) for c in ctl.values()):
+        pytest.skip("latency does not grow with sequence length on this machine")
     emb.embed([long_text], budget_ms=tight)
-    assert emb.last.seq_len == 32 and emb.last.truncated == 1 and emb.last.variant in short
+    assert emb.last.seq_len == 16 and emb.last.truncated == 1
     with pytest.raises(DeadlineError, match="impossible"):
         emb.embed([long_text], budget_ms=0.001)
     with pytest.raises(InputError, match="unknown variant"):
         bert.Embedder(embedder.bundle.path, variants=["tflite-fp64"])
+    with pytest.raises(InputError, match="fixed input shapes"):
+        emb.sessions["tflite-fp32"].run({n: np.ones((1, 20), np.int32) for n in bert.INPUTS})
+
+
+def test_mixed_budget_prefers_accuracy_then_speed(embedder):
+    """All variants: no budget -> ONNX fp32 (most accurate, any batch); a budget below ONNX fp32's predicted
+    time for the whole text moves to a faster variant at full length before truncating."""
+    _tflite_ids(embedder)
+    long_text = " ".join(["word"] * 100)
+    embedder.embed([long_text])
+    assert (embedder.last.variant, embedder.last.seq_len) == ("onnx-fp32", 128)
+    pred = {v: embedder.controller(v, 1).predict(128) for v in embedder.order}
+    fastest = min(pred, key=pred.get)
+    budget = pred[fastest] / embedder.controller(fastest, 1).safety * 1.05
+    if embedder.controller("onnx-fp32", 1).fits(128, budget):
+        pytest.skip("ONNX fp32 is the fastest at 128 tokens here")
+    embedder.embed([long_text], budget_ms=budget)
+    assert embedder.last.seq_len == 128 and embedder.last.truncated == 0 and embedder.last.variant != "onnx-fp32"
 
 
 def test_tflite_skipped_cleanly_when_unavailable(app_cache, monkeypatch, tmp_path):
@@ -189,22 +208,20 @@ def test_tflite_skipped_cleanly_when_unavailable(app_cache, monkeypatch, tmp_pat
     assert "litert_torch not installed" in (b.path / "report.md").read_text()
 
 
-def test_facade_on_the_bundle_and_its_tflite_bundles(embedder):
+def test_facade_on_the_bundle_and_its_tflite_bundle(embedder):
     """Each bundle keeps one input contract: the top one (ONNX, any batch/length) still loads ONNX fp32 by default
-    and takes [2, N] int64 ids; a nested TFLite bundle runs in LiteRT under a budget on [1, 32] int32 ids.
-    Tolerance: 1e-5 abs for fp32 LiteRT vs ONNX fp32, cosine >= 0.99 for whichever variant the budget ran."""
+    and takes [2, N] int64 ids; the nested TFLite bundle runs in LiteRT on [1, N] int32 ids at each length.
+    Tolerance: 1e-5 abs for fp32 LiteRT vs ONNX fp32."""
     import edgekit
 
     _tflite_ids(embedder)
-    feeds = embedder.tokenizer(["a cat sits on the mat", "a kitten is resting"], 32)
     top = edgekit.load(embedder.bundle.path)
     assert top.variant == "onnx-fp32"
-    ref = top.run(feeds)[bert.OUTPUT]
-    one = {k: v[:1].astype(np.int32) for k, v in feeds.items()}
-    sub = edgekit.load(embedder.bundle.path / "tflite-s32")
-    assert sub.backend == "litert" and sub.variant == "tflite-fp32-s32"
-    np.testing.assert_allclose(sub.run(one)[bert.OUTPUT], ref[:1], atol=1e-5)
-    with edgekit.load(embedder.bundle.path / "tflite-s32", budget_ms=10_000) as budgeted:
-        got = budgeted.run(one)[bert.OUTPUT]
-        assert budgeted.last_run["variant"] in ("tflite-fp32-s32", "tflite-int8-dynamic-s32")
-    assert float(got[0] @ ref[0]) >= 0.99
+    sub = edgekit.load(embedder.bundle.path / "tflite")
+    assert sub.backend == "litert" and sub.variant == "tflite-fp32"
+    assert [s.shape for s in sub.inputs] == [(1, None), (1, None)]
+    for seq in (32, 128):
+        feeds = embedder.tokenizer(["a cat sits on the mat", "a kitten is resting"], seq)
+        ref = top.run(feeds)[bert.OUTPUT]
+        got = sub.run({k: v[1:].astype(np.int32) for k, v in feeds.items()})[bert.OUTPUT]
+        np.testing.assert_allclose(got, ref[1:], atol=1e-5)

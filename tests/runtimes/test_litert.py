@@ -106,3 +106,43 @@ def test_litert_indexed_binding_with_changing_batch(tmp_path):
 
     work(int(rng.integers(1000)))
     run_in_threads(work, range(4))
+
+
+def test_litert_shape_bucket_signatures(tmp_path):
+    """A .tflite with one signature per sequence length (shared weights) is one model with a dynamic length:
+    each call runs the signature matching the fed shapes (vs torch, 1e-5 abs); other shapes are refused."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("litert-torch is not installed (pip install 'edgekit[tflite-export]')")
+    from edgekit.converters.export_tflite import export_torch_signatures
+
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.lin = torch.nn.Linear(8, 4)
+
+        def forward(self, ids, mask):
+            h = self.lin(self.emb(ids)) * mask.unsqueeze(-1).float()
+            return h.sum(1) / mask.sum(1, keepdim=True).float()
+
+    torch.manual_seed(0)
+    net = Pool().eval()
+    ex = {f"s{n}": (torch.zeros(1, n, dtype=torch.long), torch.ones(1, n, dtype=torch.long)) for n in (4, 8)}
+    path = export_torch_signatures(net, ex, tmp_path / "pool.tflite")
+    sess = edgekit.load(path)
+    assert [s.shape for s in sess.inputs] == [(1, None), (1, None)] and sess.outputs[0].shape == (1, 4)
+    assert sess._runner.signatures == {"s4": [(1, 4), (1, 4)], "s8": [(1, 8), (1, 8)]}
+    rng = np.random.default_rng(0)
+    a, b = (s.name for s in sess.inputs)
+    for n in (8, 4, 8):
+        ids, mask = rng.integers(0, 50, (1, n)), (rng.random((1, n)) < 0.7).astype(np.int64)
+        mask[0, 0] = 1
+        with torch.no_grad():
+            ref = net(torch.as_tensor(ids), torch.as_tensor(mask)).numpy()
+        got = sess.run({a: ids.astype(sess.inputs[0].dtype), b: mask.astype(sess.inputs[1].dtype)})
+        np.testing.assert_allclose(next(iter(got.values())), ref, atol=1e-5)  # same float32 math
+    with pytest.raises(InputError, match=r"fixed input shapes.*s4: \(1, 4\)"):
+        sess.run({a: np.zeros((1, 6), sess.inputs[0].dtype), b: np.ones((1, 6), sess.inputs[1].dtype)})
