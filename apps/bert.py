@@ -188,15 +188,11 @@ TFLITE_PRECISIONS = ("fp32", "int8-dynamic")
 
 
 def tflite_unavailable_reason() -> str | None:
-    """None when the TFLite variants can be built and checked here, else why not."""
-    import importlib.util
+    """None when the TFLite variants can be built and checked here (litert-torch in this environment, or its
+    cached tool environment, built on first use), else why not."""
+    from edgekit.converters.export_tflite import torch_signatures_unavailable_reason
 
-    missing = [m for m in ("litert_torch", "ai_edge_quantizer") if importlib.util.find_spec(m) is None]
-    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
-        missing.append("ai_edge_litert")
-    if missing:
-        return f"{', '.join(missing)} not installed (pip install 'edgekit[tflite-export]')"
-    return None
+    return torch_signatures_unavailable_reason()
 
 
 def prepare(out: str | Path | None = None, quantize: Sequence[str] = ("fp32", "int8-dynamic"), force: bool = False,

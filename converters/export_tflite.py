@@ -408,9 +408,11 @@ def export_torch_signatures(module, examples: dict[str, tuple], out_path: Path, 
     if not examples:
         raise InputError("export_torch_signatures needs at least one (name -> example inputs) entry")
     check_writable(Path(out_path), force)
-    require("torch", "tflite-export", "PyTorch -> TFLite export")
-    litert_torch = require("litert_torch", "tflite-export", "PyTorch -> TFLite export")
+    require("torch", "torch", "PyTorch -> TFLite export")
     module = module.eval()
+    if importlib.util.find_spec("litert_torch") is None:
+        return _signatures_in_toolenv(module, examples, Path(out_path), force)
+    litert_torch = require("litert_torch", "tflite-export", "PyTorch -> TFLite export")
     try:
         with _stdout_to_stderr():
             conv = None
@@ -425,6 +427,58 @@ def export_torch_signatures(module, examples: dict[str, tuple], out_path: Path, 
         raise ConversionError(f"litert-torch conversion with signatures {list(examples)} failed: "
                               f"{str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__}") from exc
     return Path(out_path)
+
+
+def torch_signatures_unavailable_reason() -> str | None:
+    """None when :func:`export_torch_signatures` and :func:`dynamic_range_int8` can run (and be checked) here."""
+    if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
+        return "checking TFLite exports needs LiteRT: pip install 'edgekit[tflite]'"
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch -> TFLite needs torch: pip install 'edgekit[torch]'"
+    if importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_quantizer"):
+        return None
+    return toolenv.unavailable_reason(toolenv.LITERT_TORCH)
+
+
+def _signatures_in_toolenv(module, examples: dict[str, tuple], out_path: Path, force: bool) -> Path:
+    """export_torch_signatures where litert-torch is not importable: the programs are exported here with
+    ``torch.export`` and converted in the litert-torch tool environment (same torch version)."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-litert-torch-") as tmp:
+        work = Path(tmp)
+        sigs = []
+        for name, ex in examples.items():
+            ex = tuple(ex)
+            try:
+                program = torch.export.export(module, ex)
+            except Exception as exc:
+                raise ConversionError(f"torch.export of signature {name!r} failed: "
+                                      f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+                                      ) from exc
+            torch.export.save(program, str(work / f"{name}.pt2"))
+            sigs.append({"name": name, "program": str(work / f"{name}.pt2"),
+                         "inputs": [[list(t.shape), str(t.dtype).removeprefix("torch.")] for t in ex]})
+        _run_litert_torch({"signatures": sigs, "fp32": str(work / "fp32.tflite")}, work,
+                          f"litert-torch conversion with signatures {list(examples)}")
+        with atomic_file(out_path, force=force) as tmp_out:
+            shutil.copyfile(work / "fp32.tflite", tmp_out)
+    return out_path
+
+
+def _run_litert_torch(job: dict, work: Path, what: str, timeout: float = 1800) -> None:
+    """Run converters/_litert_torch_worker.py on ``job`` in the litert-torch tool environment."""
+    worker = Path(__file__).with_name("_litert_torch_worker.py")
+    (work / "job.json").write_text(json.dumps(job))
+    shutil.copy(worker, work / worker.name)
+    code, output = toolenv.run_tool(toolenv.LITERT_TORCH, [str(work / worker.name), str(work / "job.json")],
+                                    cwd=work, timeout=timeout,
+                                    on_line=lambda ln: ln.startswith("EDGEKIT-STAGE") and sys.stderr.write(
+                                        f"  [litert-torch] {ln[len('EDGEKIT-STAGE '):]}"))
+    if code != 0 or "EDGEKIT-DONE" not in output:
+        lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("EDGEKIT-")]
+        raise ConversionError(f"{what} failed in the litert-torch tool environment: "
+                              f"{' | '.join(lines[-3:])[:600] or f'exit status {code}'}")
 
 
 def _export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32",
@@ -486,10 +540,16 @@ def dynamic_range_int8(f32: Path, out_path: Path, force: bool = False) -> Path:
     """Dynamic-range int8 of an fp32 ``.tflite`` with ai-edge-quantizer: int8 weights (per channel), activations
     quantized on the fly, float inputs/outputs; no calibration data. Unlike PT2E dynamic quantization it leaves
     embedding tables in a form LiteRT's EMBEDDING_LOOKUP accepts (PT2E's asymmetric table fails to prepare)."""
-    from edgekit._extras import require
-
-    require("ai_edge_quantizer", "tflite-export", "dynamic-range int8 TFLite quantization")
     check_writable(Path(out_path), force)
+    if importlib.util.find_spec("ai_edge_quantizer") is None:     # in the litert-torch tool environment
+        with tempfile.TemporaryDirectory(prefix="edgekit-litert-torch-") as tmp:
+            work = Path(tmp)
+            shutil.copyfile(f32, work / "fp32.tflite")
+            _run_litert_torch({"fp32": str(work / "fp32.tflite"), "int8_dynamic": str(work / "int8.tflite")}, work,
+                              f"{Path(f32).name}: dynamic-range int8 quantization")
+            with atomic_file(Path(out_path), force=force) as tmp_out:
+                shutil.copyfile(work / "int8.tflite", tmp_out)
+        return Path(out_path)
     from ai_edge_quantizer import quantizer, recipe
 
     try:

@@ -72,6 +72,16 @@ ONNX2TF = ToolEnv(
 )
 
 
+#: litert-torch pulls litert-converter -> xdsl 0.28, which pins typing_extensions < 4.13 (apache-tvm-ffi needs
+#: newer), so PyTorch -> TFLite runs here when litert-torch is not importable in the SDK's own environment
+LITERT_TORCH = ToolEnv(
+    name="litert-torch",
+    version="0.10.0",
+    requirements=("litert-torch==0.10.0", "ai-edge-quantizer==0.10.0", "torch==2.13.0"),
+    size_hint="about 3 GB, a few minutes",
+)
+
+
 def tools_dir() -> Path:
     """Root folder of all tool environments."""
     if os.environ.get("EDGEKIT_TOOLS_DIR"):
