@@ -86,6 +86,8 @@ class RenamedRunner(Runner):
                 f"{len(input_names)} / {len(output_names)}")
         self._inner = inner
         self.backend = inner.backend
+        if getattr(inner, "signatures", None):    # shape buckets, in input order (names do not matter)
+            self.signatures = inner.signatures
         self.inputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(input_names, inner.inputs)]
         self.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(output_names, inner.outputs)]
         self._in_map = {n: s.name for n, s in zip(input_names, inner.inputs)}

@@ -132,11 +132,10 @@ class BudgetedSession(ThreadLastRun):
             return {v: dict(profile[v]) for v in ids}
         if profile not in ("cache", "measure"):
             raise InputError(f"profile must be 'cache', 'measure' or a dict of figures, got {profile!r}")
-        feeds = random_feeds(self.inputs, seed=0)
-
         def measure_ids(vids: list[str]) -> dict[str, dict]:
             sessions = {v: self._session(v) for v in vids}
-            return measure({v: (lambda s=s: s.run(feeds)) for v, s in sessions.items()})
+            feeds = {v: _timing_feeds(s, self.inputs) for v, s in sessions.items()}
+            return measure({v: (lambda s=s, f=feeds[v]: s.run(f)) for v, s in sessions.items()})
 
         if profile == "measure":
             return measure_ids(ids)
@@ -228,3 +227,13 @@ class BudgetedSession(ThreadLastRun):
     def __repr__(self) -> str:
         return (f"<edgekit.BudgetedSession {self.bundle.path.name} budget {self.budget_ms:g} ms, "
                 f"variants {', '.join(self.variants)}>")
+
+
+def _timing_feeds(sess, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Random feeds to time ``sess`` on: dynamic dims 1, or, for a model that runs only at a few static shapes,
+    its largest one (the budget then predicts the slowest of them)."""
+    choices = sess.shape_choices
+    if not choices:
+        return random_feeds(inputs, seed=0)
+    largest = max(choices, key=lambda shapes: sum(int(np.prod(s)) for s in shapes))
+    return random_feeds([TensorSpec(i.name, shape, i.dtype) for i, shape in zip(inputs, largest)], seed=0)

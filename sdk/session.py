@@ -77,6 +77,13 @@ class Session(ThreadLastRun):
         self.last_run = {"variant": self.variant, "latency_ms": latency, "budget_ms": budget, "deadline_met": met}
         return result
 
+    @property
+    def shape_choices(self) -> list[list[tuple[int, ...]]] | None:
+        """For a model that runs only at a few static shapes (TFLite signatures per sequence length): the input
+        shapes of each, in input order; None when the inputs' specs say it all."""
+        sigs = getattr(self._runner, "signatures", None)
+        return [list(v) for v in sigs.values()] if sigs else None
+
     def stats(self) -> dict:
         """Budgeted calls so far: calls, misses and latency percentiles."""
         from .bench import percentiles

@@ -228,3 +228,20 @@ def test_facade_on_the_bundle_and_its_tflite_bundle(embedder):
         ref = top.run(feeds)[bert.OUTPUT]
         got = sub.run({k: v[1:].astype(np.int32) for k, v in feeds.items()})[bert.OUTPUT]
         np.testing.assert_allclose(got, ref[1:], atol=1e-5)
+
+
+def test_budget_on_the_tflite_bundle(embedder):
+    """A budgeted session on the nested TFLite bundle times each variant at its largest signature (a shape it
+    accepts) and runs any signature's shape; tolerance 1e-5 abs for fp32 LiteRT vs ONNX fp32."""
+    import edgekit
+
+    _tflite_ids(embedder)
+    sess = edgekit.load(embedder.bundle.path / "tflite", budget_ms=10_000, profile="measure")
+    feeds = embedder.tokenizer(["a cat sits on the mat"], 32)
+    got = sess.run({k: v.astype(np.int32) for k, v in feeds.items()})[bert.OUTPUT]
+    assert sess.last_run["deadline_met"] and sess.last_run["variant"].startswith("tflite-")
+    ref = edgekit.load(embedder.bundle.path, variant="onnx-fp32").run(feeds)[bert.OUTPUT]
+    if sess.last_run["variant"] == "tflite-fp32":
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    else:
+        assert float(got[0] @ ref[0]) >= 0.99          # int8-dynamic: cosine of unit embeddings
