@@ -122,6 +122,21 @@ def test_static_int8_is_smaller_and_quantized(exported):
     assert np.dtype(np.int8) in types, types  # int8 activations inside, float32 at the edges
 
 
+def test_static_int8_keeps_the_image_stem_float(exported):
+    """Tuned int8 (the worker's tuned_int8, not its plain fallback): the conv reading the image input stays float,
+    the later ones are int8."""
+    from edgekit.runtimes.litert import interpreter_class
+
+    interp = interpreter_class()(model_path=str(exported("cnn")["int8"]))
+    ops = interp._get_ops_details()     # LiteRT's op list: the only way to see which conv got which weights
+    convs = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) >= 2, ops
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    first, rest = convs[0], convs[1:]
+    assert dtypes[first["inputs"][1]] == np.float32, first          # stem: float weights
+    assert all(dtypes[op["inputs"][1]] == np.int8 for op in rest), rest
+
+
 def test_unsupported_op_names_the_node(tool_env, tmp_path):
     from onnx import TensorProto, helper
 
