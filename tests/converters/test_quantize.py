@@ -121,26 +121,33 @@ def _dw_model():
 
 
 def test_static_int8_weight_bits_and_float_stem(tmp_path):
-    """Regression: 7-bit weights only where x86 u8s8 GEMM kernels saturate; depthwise 8-bit; image stem float."""
+    """Regression: 7-bit weights only where x86 u8s8 GEMM kernels saturate; depthwise 8-bit; the image stem and
+    the depthwise conv right after it float."""
     src, ins = _canon(_dw_model(), tmp_path, "mb")
     cal = calibration.synthetic(ins, 16, seed=2)
+
+    def qweights(dst):
+        m = onnx.load(str(dst))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+        producer = {o: n for n in m.graph.node for o in n.output}
+        out = {}
+        for n in m.graph.node:
+            if n.op_type == "Conv":
+                dq = producer.get(n.input[1])
+                out[n.name] = None if dq is None or dq.op_type != "DequantizeLinear" else inits[dq.input[0]]
+        return out
+
     dst = quantize.static_int8(src, tmp_path / "q.onnx", cal, ins)
-    m = onnx.load(str(dst))
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
-    convs = {n.name: n for n in m.graph.node if n.op_type == "Conv"}
-    producer = {o: n for n in m.graph.node for o in n.output}
-
-    def qweight(conv):
-        dq = producer.get(convs[conv].input[1])
-        return None if dq is None or dq.op_type != "DequantizeLinear" else inits[dq.input[0]]
-
-    assert qweight("stem") is None and "stem_w" in inits            # the 3-channel stem stays float
-    assert np.abs(qweight("dw")).max() == 127                       # depthwise: full 8-bit per-channel range
-    assert np.abs(qweight("pw")).max() <= 64                        # GEMM-like: 7-bit (no VPMADDUBSW saturation)
+    q = qweights(dst)
+    assert q["stem"] is None and q["dw"] is None                    # the 3-channel stem and its depthwise: float
+    assert np.abs(q["pw"]).max() <= 64                              # GEMM-like: 7-bit (no VPMADDUBSW saturation)
     feeds = calibration.samples(cal, ins)[:4]
     for f in feeds:
         (k, r), = models.ort_reference(src, f).items()
         assert _cos(r, models.ort_reference(dst, f)[k]) >= 0.99      # int8 vs fp32 on its calibration inputs
+    q = qweights(quantize.static_int8(src, tmp_path / "q2.onnx", cal, ins, float_stem=False))
+    assert np.abs(q["dw"]).max() == 127                             # depthwise: full 8-bit per-channel range
+    assert np.abs(q["stem"]).max() <= 64 and np.abs(q["pw"]).max() <= 64
 
 
 def test_bias_correction_removes_the_mean_shift(tmp_path):
