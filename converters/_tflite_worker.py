@@ -305,28 +305,11 @@ def _patches(x, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, same: bool
     return win.transpose(0, 1, 3, 4, 2)
 
 
-def _gptq(w, h, scale, qmax: int = 127, damp: float = 0.01, block: int = 128):
-    """GPTQ (Frantar et al., 2023): int weights [rows, cols] rounded column by column, each rounding error
-    pushed onto the later columns through H^-1 of the layer input, so the output error is minimized."""
-    import numpy as np
+def _gptq(w, h, scale, qmax: int = 127):
+    """GPTQ rounding of int weights [rows, cols]: converters/qtune.py's, copied beside this worker."""
+    from qtune import gptq
 
-    h, w = h.copy(), w.copy()
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * float(np.mean(np.diag(h))) * np.eye(len(h))
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    q = np.zeros(w.shape, np.int64)
-    for i1 in range(0, w.shape[1], block):
-        i2 = min(i1 + block, w.shape[1])
-        w1, h1 = w[:, i1:i2].copy(), hinv[i1:i2, i1:i2]
-        err1 = np.zeros_like(w1)
-        for i in range(i2 - i1):
-            q[:, i1 + i] = np.clip(np.round(w1[:, i] / scale), -qmax, qmax)
-            err1[:, i] = (w1[:, i] - q[:, i1 + i] * scale) / h1[i, i]
-            w1[:, i + 1:] -= np.outer(err1[:, i], h1[i, i + 1:])
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return q
+    return gptq(w, h, scale, qmax)
 
 
 def tune(qblob: bytes, calibrated: bytes, feeds: list, max_samples: int = 80) -> bytes:

@@ -345,6 +345,7 @@ class TFLiteExporter:
             job["saved_model"] = str(_saved_model_dir(work / "model.onnx", job))
             (work / "job.json").write_text(json.dumps(job))
             shutil.copy(_WORKER, work / _WORKER.name)
+            shutil.copy(_WORKER.with_name("qtune.py"), work / "qtune.py")   # the worker's GPTQ (pure numpy)
             progress = _Progress(onnx_path.stem, total=2 + len(outputs))
             try:
                 code, output = toolenv.run_tool(toolenv.ONNX2TF, [str(work / _WORKER.name), str(work / "job.json")],

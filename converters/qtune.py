@@ -139,26 +139,35 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
         if np.any(zp != 0) or fn.input[0] not in hess:
             continue
         qmax = max(int(np.abs(q_old).max()), 1)          # keeps onnxruntime's range (7- or 8-bit)
-        h = hess[fn.input[0]] / max(count[fn.input[0]], 1)
-        dead = np.diag(h) <= 0
-        h[dead, dead] = 1.0
-        w[:, dead] = 0.0
-        h = h + damp * float(np.mean(np.diag(h))) * np.eye(len(h))
-        perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
-        w, h = w[:, perm], h[np.ix_(perm, perm)]
         try:
-            hinv = np.linalg.cholesky(np.linalg.inv(h)).T     # upper Cholesky factor of H^-1
+            q = gptq(w, hess[fn.input[0]] / max(count[fn.input[0]], 1), scale, qmax, damp, act_order)
         except np.linalg.LinAlgError:
             log.info("GPTQ skipped for %s: singular input covariance", fn.name)
             continue
-        q = _gptq_columns(w, hinv, scale, qmax)
-        q = q[:, np.argsort(perm)]
         if fn.op_type == "Gemm":
             q = q if _attr(fn, "transB", 0) else q.T
         qdq.set(dq.input[0], q.reshape(q_old.shape).astype(q_old.dtype))
         done += 1
     qdq.save()
     return done
+
+
+def gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int, damp: float = 0.01,
+         act_order: bool = False) -> np.ndarray:
+    """Integer weights [rows, cols] for float weights ``w`` (per-row ``scale``, range +-``qmax``) rounded by GPTQ
+    against ``h = E[x x^T]`` of the layer's input [cols, cols]; ``LinAlgError`` when ``h`` is singular.
+
+    Pure numpy: also used inside the onnx2tf tool environment (converters/_tflite_worker.py) on TFLite weights.
+    """
+    w, h = np.array(w, np.float64), np.array(h, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h = h + damp * float(np.mean(np.diag(h))) * np.eye(len(h))
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
+    w, h = w[:, perm], h[np.ix_(perm, perm)]
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T     # upper Cholesky factor of H^-1
+    return _gptq_columns(w, hinv, np.asarray(scale, np.float64), qmax)[:, np.argsort(perm)]
 
 
 def _gptq_columns(w: np.ndarray, hinv: np.ndarray, scale: np.ndarray, qmax: int, block: int = 128) -> np.ndarray:
