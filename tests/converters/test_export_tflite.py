@@ -312,13 +312,19 @@ def test_tool_timeout_kills_the_child(tmp_path):
 
 def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd):
     """litert-torch fp32 -> ai-edge-quantizer dynamic-range int8 of a model with an embedding table (int token
-    ids): it runs in LiteRT (PT2E's quantized table fails EMBEDDING_LOOKUP's prepare), weights ~4x smaller,
+    ids), in this environment or litert-torch's tool environment: it runs in LiteRT (PT2E's quantized table
+    fails EMBEDDING_LOOKUP's prepare), weights ~4x smaller,
     cosine >= 0.99 vs torch; nothing of the converters' chatter reaches stdout."""
     torch = pytest.importorskip("torch")
-    for mod in ("litert_torch", "ai_edge_quantizer"):
-        if importlib.util.find_spec(mod) is None:
-            pytest.skip(f"{mod} is not installed (pip install 'edgekit[tflite-export]')")
-    from edgekit.converters.export_tflite import dynamic_range_int8, export_torch
+    from edgekit.converters.export_tflite import (
+        dynamic_range_int8,
+        export_torch_signatures,
+        torch_signatures_unavailable_reason,
+    )
+
+    why = torch_signatures_unavailable_reason()    # litert-torch here, or its tool environment
+    if why:
+        pytest.skip(why)
 
     class TokenNet(torch.nn.Module):
         def __init__(self):
@@ -331,7 +337,7 @@ def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd):
 
     torch.manual_seed(0)
     net = TokenNet().eval()
-    f32 = export_torch(net, (torch.randint(0, 500, (1, 12)),), tmp_path / "tok-fp32.tflite", "fp32")
+    f32 = export_torch_signatures(net, {"s12": (torch.randint(0, 500, (1, 12)),)}, tmp_path / "tok-fp32.tflite")
     q = dynamic_range_int8(f32, tmp_path / "tok-int8.tflite")
     out = capfd.readouterr().out
     assert "Quantiz" not in out and "LiteRT-Torch" not in out, out[:300]

@@ -112,11 +112,11 @@ def test_litert_shape_bucket_signatures(tmp_path):
     """A .tflite with one signature per sequence length (shared weights) is one model with a dynamic length:
     each call runs the signature matching the fed shapes (vs torch, 1e-5 abs); other shapes are refused."""
     torch = pytest.importorskip("torch")
-    import importlib.util
+    from edgekit.converters.export_tflite import export_torch_signatures, torch_signatures_unavailable_reason
 
-    if importlib.util.find_spec("litert_torch") is None:
-        pytest.skip("litert-torch is not installed (pip install 'edgekit[tflite-export]')")
-    from edgekit.converters.export_tflite import export_torch_signatures
+    why = torch_signatures_unavailable_reason()    # litert-torch here, or its tool environment
+    if why:
+        pytest.skip(why)
 
     class Pool(torch.nn.Module):
         def __init__(self):
