@@ -7,6 +7,7 @@ misses its threshold is retried with its most sensitive nodes kept in float (acc
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import shutil
@@ -206,7 +207,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
                           meta={"source_kind": kind, "thresholds": thresholds, **meta}) as w, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-export") as pool:
+                _background_exports() as pool:
             if not fallback_ops:     # one-run exporters (onnx2tf: a subprocess) start now, beside the other work
                 for label, _spec, src_path, _info, fmt, _prec in plan:
                     _prebuilt(pool, get_exporter(fmt), w, label, src_path, fmt, precs, calib_part, prebuilt)
@@ -367,6 +368,27 @@ def _prebuilt(pool: ThreadPoolExecutor, exp, w: BundleWriter, label: str, src_pa
             cache[key] = Future()
             cache[key].set_result({})
     return cache[key]
+
+
+@contextlib.contextmanager
+def _background_exports():
+    """A one-worker pool for exports that run beside the rest; a conversion that fails kills their tool
+    processes instead of waiting minutes for them (the pool is then shut down before the bundle's temporary
+    folder is removed)."""
+    import threading
+
+    from . import toolenv
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-export")
+    worker = pool.submit(threading.get_ident).result()     # one worker: every export runs in this thread
+    try:
+        yield pool
+    except BaseException:
+        toolenv.cancel(worker)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        toolenv.uncancel(worker)
 
 
 def _export_all(exp, src_path: Path, outs: dict[str, Path], calib, fmt: str) -> dict[str, Path]:

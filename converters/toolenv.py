@@ -170,6 +170,27 @@ def ensure(env: ToolEnv = ONNX2TF) -> Path:
     return env.python
 
 
+_RUNNING: dict[subprocess.Popen, int] = {}     # tool process -> the thread that runs it
+_CANCELLED: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def cancel(thread_id: int) -> None:
+    """Kill the tool process thread ``thread_id`` runs and refuse new ones in it (its :func:`run_tool` calls
+    return non-zero at once) until :func:`uncancel`: a conversion that failed does not wait for a background
+    export nobody will use."""
+    with _RUNNING_LOCK:
+        _CANCELLED.add(thread_id)
+        procs = [p for p, t in _RUNNING.items() if t == thread_id and p.poll() is None]
+    for p in procs:
+        p.kill()
+
+
+def uncancel(thread_id: int) -> None:
+    with _RUNNING_LOCK:
+        _CANCELLED.discard(thread_id)
+
+
 def run_tool(env: ToolEnv, args: list[str], cwd: Path, timeout: float | None = None,
              on_line=None) -> tuple[int, str]:
     """Run ``python args...`` inside ``env``; return (exit status, combined output). ``on_line`` sees each line."""
@@ -179,8 +200,13 @@ def run_tool(env: ToolEnv, args: list[str], cwd: Path, timeout: float | None = N
     child_env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "VIRTUAL_ENV": str(env.path),
                  "PYTHONNOUSERSITE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     child_env.pop("PYTHONPATH", None)
-    proc = subprocess.Popen([str(python), *args], cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, env=child_env)
+    me = threading.get_ident()
+    with _RUNNING_LOCK:            # checked and registered at once: a cancel() cannot slip in between
+        if me in _CANCELLED:
+            return -9, "[edgekit] cancelled: the conversion this tool ran for has failed\n"
+        proc = subprocess.Popen([str(python), *args], cwd=str(cwd), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, env=child_env)
+        _RUNNING[proc] = me
     assert proc.stdout is not None
     out = []
     timed_out = threading.Event()
@@ -205,6 +231,8 @@ def run_tool(env: ToolEnv, args: list[str], cwd: Path, timeout: float | None = N
         if proc.poll() is None:        # interrupted (Ctrl-C): never leave the tool running
             proc.kill()
             proc.wait()
+        with _RUNNING_LOCK:
+            _RUNNING.pop(proc, None)
     if timed_out.is_set():
         out.append(f"\n[edgekit] killed after {timeout:.0f} s (timeout)\n")
         code = -9

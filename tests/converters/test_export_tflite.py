@@ -310,6 +310,40 @@ def test_tool_timeout_kills_the_child(tmp_path):
     assert time.perf_counter() - t0 < 30
 
 
+def test_cancel_stops_a_background_tool(tmp_path):
+    """A conversion that fails while a tool runs in a background thread cancels it: the running child is killed
+    and the thread starts no other until uncancelled."""
+    import threading
+    import time
+
+    from edgekit.converters import toolenv
+
+    why = toolenv.unavailable_reason()
+    if why:
+        pytest.skip(why)
+    result, started = {}, threading.Event()
+
+    def background():
+        result["id"] = threading.get_ident()
+        started.set()
+        result["first"] = toolenv.run_tool(toolenv.ONNX2TF, ["-c", "import time; print('up', flush=True); "
+                                                             "time.sleep(60)"], tmp_path, timeout=120,
+                                           on_line=lambda ln: result.setdefault("up", time.perf_counter()))
+        result["second"] = toolenv.run_tool(toolenv.ONNX2TF, ["-c", "print('never')"], tmp_path)
+    t = threading.Thread(target=background)
+    t0 = time.perf_counter()
+    t.start()
+    started.wait(10)
+    while "up" not in result and time.perf_counter() - t0 < 60:   # the child is running
+        time.sleep(0.05)
+    toolenv.cancel(result["id"])
+    t.join(30)
+    toolenv.uncancel(result["id"])
+    assert not t.is_alive() and result["first"][0] != 0             # killed, not finished after 60 s
+    assert result["second"][0] == -9 and "never" not in result["second"][1] and "cancelled" in result["second"][1]
+    assert time.perf_counter() - t0 < 40
+
+
 def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd):
     """litert-torch fp32 -> ai-edge-quantizer dynamic-range int8 of a model with an embedding table (int token
     ids), in this environment or litert-torch's tool environment: it runs in LiteRT (PT2E's quantized table

@@ -252,3 +252,22 @@ def test_preprocess_spec_is_checked_and_recorded(tmp_path, cnn_onnx):
         edgekit.convert(cnn_onnx, tmp_path / "q", targets="onnx", quantize="fp32", progress=False,
                         preprocess="size=16,colour=bgr")
     assert not (tmp_path / "q").exists()
+
+
+def test_failure_does_not_wait_for_the_background_tflite_export(tmp_path, cnn_onnx):
+    """The TFLite export (onnx2tf subprocess) starts at once beside the ONNX work; when the ONNX work fails, the
+    export is killed and the error comes back without waiting for it; no bundle is left."""
+    import time
+
+    from edgekit.converters import exporters, toolenv
+
+    exp = exporters().get("tflite")
+    if exp is None or exp.unavailable_reason():
+        pytest.skip("no TFLite exporter usable here")
+    t0 = time.perf_counter()
+    with pytest.raises(edgekit.InputError, match="unknown option"):
+        edgekit.convert(cnn_onnx, tmp_path / "x", targets=["onnx", "tflite"], quantize=("fp32", "fp16"),
+                        exporter_options={"onnx": {"bogus": 1}}, progress=False)
+    # waiting for the export would take TF's start-up in the tool process at least (~4 s warm, 12 s cold here)
+    assert time.perf_counter() - t0 < 3.0
+    assert not toolenv._RUNNING and not toolenv._CANCELLED and not (tmp_path / "x").exists()
