@@ -58,3 +58,16 @@ def tvm_mlp(tmp_path_factory, mlp_onnx):
 
     out = tmp_path_factory.mktemp("tvm") / "mlp.so"
     return compile_onnx(mlp_onnx, out, target="llvm", shape_dict={"x": [3, 16]})
+
+
+@pytest.fixture
+def torch_to_tflite():
+    """torch, where PyTorch -> TFLite works here (litert-torch in this environment or in its tool environment);
+    the test is skipped with the reason otherwise."""
+    torch = pytest.importorskip("torch")
+    from edgekit.converters.export_tflite import torch_signatures_unavailable_reason
+
+    why = torch_signatures_unavailable_reason()
+    if why:
+        pytest.skip(why)
+    return torch

@@ -344,21 +344,13 @@ def test_cancel_stops_a_background_tool(tmp_path):
     assert time.perf_counter() - t0 < 40
 
 
-def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd):
+def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd, torch_to_tflite):
     """litert-torch fp32 -> ai-edge-quantizer dynamic-range int8 of a model with an embedding table (int token
     ids), in this environment or litert-torch's tool environment: it runs in LiteRT (PT2E's quantized table
     fails EMBEDDING_LOOKUP's prepare), weights ~4x smaller,
     cosine >= 0.99 vs torch; nothing of the converters' chatter reaches stdout."""
-    torch = pytest.importorskip("torch")
-    from edgekit.converters.export_tflite import (
-        dynamic_range_int8,
-        export_torch_signatures,
-        torch_signatures_unavailable_reason,
-    )
-
-    why = torch_signatures_unavailable_reason()    # litert-torch here, or its tool environment
-    if why:
-        pytest.skip(why)
+    torch = torch_to_tflite
+    from edgekit.converters.export_tflite import dynamic_range_int8, export_torch_signatures
 
     class TokenNet(torch.nn.Module):
         def __init__(self):

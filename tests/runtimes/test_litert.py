@@ -108,15 +108,11 @@ def test_litert_indexed_binding_with_changing_batch(tmp_path):
     run_in_threads(work, range(4))
 
 
-def test_litert_shape_bucket_signatures(tmp_path):
+def test_litert_shape_bucket_signatures(tmp_path, torch_to_tflite):
     """A .tflite with one signature per sequence length (shared weights) is one model with a dynamic length:
     each call runs the signature matching the fed shapes (vs torch, 1e-5 abs); other shapes are refused."""
-    torch = pytest.importorskip("torch")
-    from edgekit.converters.export_tflite import export_torch_signatures, torch_signatures_unavailable_reason
-
-    why = torch_signatures_unavailable_reason()    # litert-torch here, or its tool environment
-    if why:
-        pytest.skip(why)
+    torch = torch_to_tflite
+    from edgekit.converters.export_tflite import export_torch_signatures
 
     class Pool(torch.nn.Module):
         def __init__(self):
