@@ -73,19 +73,16 @@ def _conv(op) -> np.ndarray:
             not any(a or b for a, b in pads):            # pointwise: one matrix product
         y = np.matmul(w.astype(acc).reshape(cout, cin), x.astype(acc).reshape(N, cin, -1))
         y = y.reshape((N, cout) + x.shape[2:])
-        if op.bias is not None:
-            y = y + op.bias.val.astype(acc).reshape((1, cout) + (1,) * n)
-        return y.astype(x.dtype)
-    xp = np.pad(x.astype(acc), [(0, 0), (0, 0)] + pads)
-    win = _windows(xp, list(w.shape[2:]), strides, dil)        # [N, Cin, *out, *k]
-    cg, og = cin // groups, cout // groups
-    out_sp = win.shape[2:2 + n]
-    letters = "defgh"[:n]
-    # all groups in one contraction (depthwise convs have hundreds): [N, G, cg, *out, *k] x [G, og, cg, *k]
-    xg = win.reshape((N, groups, cg) + win.shape[2:])
-    wg = w.astype(acc).reshape((groups, og, cg) + w.shape[2:])
-    spec = f"nac{letters.upper()}{letters},aoc{letters}->nao{letters.upper()}"
-    y = np.einsum(spec, xg, wg, optimize=True).reshape((N, cout) + out_sp)
+    else:
+        xp = np.pad(x.astype(acc), [(0, 0), (0, 0)] + pads)
+        win = _windows(xp, list(w.shape[2:]), strides, dil)        # [N, Cin, *out, *k]
+        cg, og = cin // groups, cout // groups
+        letters = "defgh"[:n]
+        # all groups in one contraction (depthwise convs have hundreds): [N, G, cg, *out, *k] x [G, og, cg, *k]
+        xg = win.reshape((N, groups, cg) + win.shape[2:])
+        wg = w.astype(acc).reshape((groups, og, cg) + w.shape[2:])
+        spec = f"nac{letters.upper()}{letters},aoc{letters}->nao{letters.upper()}"
+        y = np.einsum(spec, xg, wg, optimize=True).reshape((N, cout) + win.shape[2:2 + n])
     if op.bias is not None:
         y = y + op.bias.val.astype(acc).reshape((1, cout) + (1,) * n)
     return y.astype(x.dtype)
