@@ -129,6 +129,31 @@ def _narrowed(onnx_path: Path, spec, in_names: dict[str, str], out_names: dict[s
     return side(in_names, spec.description.input), side(out_names, spec.description.output)
 
 
+def _int8_source(onnx_path: Path, calibration: dict | None, keep_float: set[str], threshold: int, on_grid: bool,
+                 float_stem: bool):
+    """(ONNX model to translate, how many weights were tuned) for weight-only int8.
+
+    ``float_stem``: the image stem and the depthwise conv after it join ``keep_float`` (as in static int8 ONNX:
+    on EfficientNet-Lite0 weight-only int8 cosine 0.9966 -> 0.9996). With calibration data and coremltools'
+    symmetric per-channel grid (``on_grid``), the other Conv/Gemm weights are rounded onto that grid here by
+    GPTQ with bias correction (:func:`~edgekit.converters.qtune.int8_grid_weights`); coremltools then
+    reproduces them exactly instead of rounding to nearest."""
+    import onnx
+
+    from .calibration import samples
+    from .canonical import io_specs
+    from .qtune import int8_grid_weights
+    from .quantize import stem_nodes
+
+    model = onnx.load(str(onnx_path))
+    if float_stem:
+        keep_float |= set(stem_nodes(model))
+    if not (calibration and on_grid):
+        return onnx_path, 0
+    feeds = samples(calibration, io_specs(model)[0])
+    return int8_grid_weights(model, feeds, min_size=threshold, skip=sorted(keep_float))
+
+
 def _check_precision(precision: str, compute_units: str | None = None) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"Core ML export: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -167,16 +192,18 @@ class CoreMLExporter:
         """Write ``out_path`` (.mlpackage). Options: ``input_shapes`` {name: dims} to pin dynamic dims,
         ``deployment_target`` (default "iOS16"), ``palettize`` (bits), ``granularity`` ("per_channel"),
         ``weight_threshold`` (smallest weight compressed, elements), ``int8_mode`` (default "linear_symmetric",
-        per-channel; min cosine vs fp32 EfficientNet-Lite0 0.993 / MiniLM-L6 0.996, "linear" 0.990 / 0.999), ``force``.
-        ``keep_float``: ONNX node names whose weights stay in float (accuracy-aware retries).
-        ``calibration`` is accepted for interface parity: Core ML int8 here is weight-only (activations stay fp16;
-        coremltools' activation calibration runs ``predict``, which needs macOS)."""
+        per-channel; rounded to nearest, min cosine vs fp32 EfficientNet-Lite0 0.993 / MiniLM-L6 0.996, "linear"
+        0.990 / 0.999), ``force``.
+        ``keep_float``: ONNX node names whose weights stay in float (accuracy-aware retries); ``float_stem``
+        (default True): so do the image stem's (see :func:`_int8_source`). Core ML int8 here is weight-only
+        (activations stay fp16; coremltools' activation calibration runs ``predict``, which needs macOS):
+        ``calibration`` drives the GPTQ rounding and bias correction of the int8 weights."""
         require("coremltools", "coreml", "Core ML export")
         from . import onnx_to_mil
 
         _check_precision(precision)
         known = {"input_shapes", "deployment_target", "palettize", "granularity", "weight_threshold", "int8_mode",
-                 "force"}
+                 "float_stem", "force"}
         unknown = set(options) - known
         if unknown:
             raise InputError(f"unknown Core ML export option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -184,24 +211,31 @@ class CoreMLExporter:
         out_path = Path(out_path)
         if out_path.suffix != self.suffix:
             raise InputError(f"Core ML output must end in {self.suffix}, got {out_path}")
-        tr = onnx_to_mil.translate(onnx_path, input_shapes=options.get("input_shapes"))
+        threshold = int(options.get("weight_threshold", WEIGHT_THRESHOLD))
+        granularity, mode = options.get("granularity", "per_channel"), options.get("int8_mode", "linear_symmetric")
+        keep_float = set(keep_float or ())
+        source: Any = onnx_path
+        tuned = 0
+        if precision in ("int8", "int8-dynamic") and not options.get("palettize"):
+            source, tuned = _int8_source(onnx_path, calibration, keep_float, threshold,
+                                         granularity == "per_channel" and mode == "linear_symmetric",
+                                         bool(options.get("float_stem", True)))
+        tr = onnx_to_mil.translate(source, input_shapes=options.get("input_shapes"))
         shapes = {v.name: tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in v.shape)
                   for v in tr.program.functions["main"].outputs}
         mlmodel = _convert_program(tr.program, precision, options.get("deployment_target", "iOS16"))
         mlmodel = _output_shapes(mlmodel, shapes)
-        threshold = int(options.get("weight_threshold", WEIGHT_THRESHOLD))
         skip: set[str] = set()
-        keep_float = set(keep_float or ())
         if keep_float:
             import coremltools.optimize.coreml as cto
 
             for name in cto.get_weights_metadata(mlmodel, weight_threshold=threshold):
                 if keep_float & set(tr.weight_owner(name)):
                     skip.add(name)
-        mlmodel = _compress(mlmodel, precision, options.get("palettize"), options.get("granularity", "per_channel"),
-                            threshold, options.get("int8_mode", "linear_symmetric"), frozenset(skip))
+        mlmodel = _compress(mlmodel, precision, options.get("palettize"), granularity, threshold, mode,
+                            frozenset(skip))
         narrowed_in, narrowed_out = _narrowed(onnx_path, mlmodel.get_spec(), tr.input_names, tr.output_names)
-        meta = {"kept_float": sorted(skip),
+        meta = {"kept_float": sorted(skip), "tuned_weights": tuned,
                 "inputs": tr.input_names, "outputs": tr.output_names,
                 "narrowed_inputs": {**tr.narrowed_inputs, **narrowed_in}, "narrowed_outputs": narrowed_out,
                 "precision": precision, "source": "onnx", "palettize": options.get("palettize")}

@@ -62,6 +62,28 @@ def cnn(batch: int = 1, channels: int = 3, size: int = 16, classes: int = 10, se
     return _model(g)
 
 
+def pointwise_cnn(seed: int = 0):
+    """image[1,3,12,12] -> 3x3 stem/Relu -> 1x1 Conv 16->48 (no bias)/Relu -> 1x1 Conv 48->32/Relu -> GAP ->
+    Gemm -> logits[1,10]: pointwise convs and a Gemm large enough for weight-only int8 and GPTQ."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, 16, 3, 3, 3), "sw"), numpy_helper.from_array(_w(rng, 16, scale=0.1), "sb"),
+             numpy_helper.from_array(_w(rng, 48, 16, 1, 1), "p1w"),
+             numpy_helper.from_array(_w(rng, 32, 48, 1, 1, scale=0.2), "p2w"),
+             numpy_helper.from_array(_w(rng, 32, scale=0.1), "p2b"),
+             numpy_helper.from_array(_w(rng, 10, 32), "fw"), numpy_helper.from_array(_w(rng, 10, scale=0.1), "fb")]
+    nodes = [helper.make_node("Conv", ["image", "sw", "sb"], ["s"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["s"], ["sr"]),
+             helper.make_node("Conv", ["sr", "p1w"], ["p1"], name="expand"), helper.make_node("Relu", ["p1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "p2w", "p2b"], ["p2"], name="project"),
+             helper.make_node("Relu", ["p2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"], transB=1, name="fc")]
+    g = helper.make_graph(
+        nodes, "pointwise_cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    return _model(g)
+
+
 def two_inputs():
     """a[2,3] float, b[2,3] float, k[] int64 unused-but-typed -> sum = a + b, prod = a * b."""
     nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])]

@@ -184,3 +184,47 @@ def test_gptq_rounding_lowers_output_error(tmp_path):
     assert err[True] < err[False], err                  # strictly better on the data it was tuned on
     m = onnx.load(str(src))
     assert qtune.gptq_round(m, tmp_path / "gTrue.onnx", feeds) == 1    # only the pointwise Conv qualifies
+
+
+def test_int8_grid_weights(tmp_path):
+    """Weight-only int8 tuning: every tuned weight is k * max|w|/127 per output channel with some |k| = 127 (the
+    grid coremltools' symmetric int8 rounds to), a conv without bias gets one, skipped nodes are untouched, and
+    on held-out inputs the output is closer to fp32 than round-to-nearest on the same grid."""
+    from onnx import numpy_helper
+
+    from edgekit.converters.qtune import int8_grid_weights
+
+    model = models.pointwise_cnn()
+    rng = np.random.default_rng(0)
+    feeds = [{"image": x} for x in rng.standard_normal((48, 1, 3, 12, 12)).astype(np.float32)]
+    held = [{"image": x} for x in rng.standard_normal((16, 1, 3, 12, 12)).astype(np.float32)]
+    tuned, n = int8_grid_weights(model, feeds, min_size=128, skip=["stem"])
+    assert n == 3
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    np.testing.assert_array_equal(after["sw"], before["sw"])                 # skipped
+    for name, axis in (("p1w", 0), ("p2w", 0), ("fw", 0)):
+        w = np.moveaxis(after[name], axis, 0).reshape(after[name].shape[axis], -1).astype(np.float64)
+        k = w / (np.abs(w).max(axis=1, keepdims=True) / 127)
+        np.testing.assert_allclose(k, np.round(k), atol=1e-3)
+        assert (np.abs(np.round(k)).max(axis=1) == 127).all()
+    expand = next(n for n in tuned.graph.node if n.name == "expand")
+    assert len(expand.input) == 3 and expand.input[2] in after             # bias correction added a bias
+
+    rtn = onnx.ModelProto()
+    rtn.CopyFrom(model)
+    for init in rtn.graph.initializer:
+        if init.name in ("p1w", "p2w", "fw"):
+            w = numpy_helper.to_array(init)
+            s = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / 127
+            s = s.reshape((-1,) + (1,) * (w.ndim - 1))
+            init.CopyFrom(numpy_helper.from_array((np.round(w / s) * s).astype(np.float32), init.name))
+
+    def err(m) -> float:
+        p = models.save(m, tmp_path / "m.onnx")
+        return float(np.mean([np.square(models.ort_reference(p, f)["logits"] - ref).mean()
+                              for f, ref in zip(held, refs)]))
+
+    src = models.save(model, tmp_path / "fp32.onnx")
+    refs = [models.ort_reference(src, f)["logits"] for f in held]
+    assert err(tuned) < err(rtn)
