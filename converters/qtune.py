@@ -243,7 +243,7 @@ def mean_output_shift(float_model: onnx.ModelProto, deltas: Sequence[tuple[onnx.
         tag = f"_edgekit_bc{i}"
         aug.graph.initializer.append(numpy_helper.from_array(np.asarray(dw, np.float32), tag + "_w"))
         clone = helper.make_node(fn.op_type, [fn.input[0], tag + "_w"], [tag + "_y"], name=tag)
-        clone.attribute.extend(a for a in fn.attribute if a.name not in ("alpha", "beta"))
+        clone.attribute.extend(a for a in fn.attribute if a.name != "beta")     # no C: beta has nothing to scale
         aug.graph.node.append(clone)
         aug.graph.output.append(helper.make_tensor_value_info(tag + "_y", onnx.TensorProto.FLOAT, None))
         names.append(tag + "_y")
