@@ -29,7 +29,7 @@ from . import exporters, get_exporter
 from .accuracy import rank_by_activation, rank_by_single, retry
 from .calibration import load_calibration, n_samples, samples, split, synthetic
 from .canonical import canonicalize, io_specs, load_onnx
-from .prune import PruneSpec, candidates, parse_prune
+from .prune import PruneSpec, candidates, parse_prune, reconstruction_grams
 from .prune import prune as prune_model
 from .quantize import PRECISIONS, check_precision, quantizable_nodes
 from .validate import is_classifier, judge, metrics, run_onnx, validate
@@ -194,7 +194,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         sources: list[tuple[str, PruneSpec | None, Path, dict]] = [("", None, canon_path, {})]
         for spec in specs:
             sources.append(_pruned_source(spec, canon, work, feeds, ref, classifier, thresholds,
-                                          accuracy_aware, notes))
+                                          accuracy_aware, notes, samples(calib_part, inputs) if calib_part else None))
 
         # ---- variants
         plan = [(label, spec, p, info, fmt, prec) for (label, spec, p, info) in sources for fmt in fmts
@@ -289,7 +289,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     skipped.append(f"{vid}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
                     continue
                 if pinfo:
-                    val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k == "params"})
+                    val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k in ("params", "refit")})
                 secs = time.perf_counter() - t1
                 order[vid] = place[(label, fmt, prec)]
                 w.add_variant(vid, fmt_rec, prec, path, v_in, v_out, validation=val,
@@ -434,22 +434,26 @@ def _quant_ranking(src_path: Path, onnx_variant: Path | None, prec: str, calib, 
 
 
 def _pruned_source(spec: PruneSpec, canon: onnx.ModelProto, work: Path, feeds, ref, classifier: bool,
-                   thresholds: dict, accuracy_aware: bool, notes: list[str]):
-    """(label, spec, path of the pruned fp32 ONNX, info) with the accuracy-aware retry on pruned layers."""
+                   thresholds: dict, accuracy_aware: bool, notes: list[str], calib_feeds=None):
+    """(label, spec, path of the pruned fp32 ONNX, info) with the accuracy-aware retry on pruned layers.
+    ``calib_feeds`` (calibration samples, never the validation ``feeds``): channel pruning re-fits the layers
+    after each pruned group on them."""
     path = work / f"pruned-{spec.label}.onnx"
+    grams = reconstruction_grams(canon, calib_feeds) if spec.kind == "channels" and calib_feeds else None
 
     def build(skip) -> dict:
-        res = prune_model(canon, spec, skip=skip)
+        res = prune_model(canon, spec, skip=skip, grams=grams)
         onnx.save(res.model, str(path))
         m = judge(metrics(ref, run_onnx(path, feeds), classifier), thresholds["cosine"], thresholds["top1"])
         m["params"] = [res.params_before, res.params_after]
         m["layers"] = res.layers
+        m["refit"] = res.refit
         return m
 
     m = build([])
     if not m["layers"]:
         notes.append(f"prune {spec}: no layer of this model can be pruned that way")
-    info: dict = {"params": m["params"]}
+    info: dict = {"params": m["params"], "refit": m["refit"]}
     if not m["passed"] and accuracy_aware and m["layers"]:
         cands = candidates(canon, spec)
 
@@ -463,5 +467,5 @@ def _pruned_source(spec: PruneSpec, canon: onnx.ModelProto, work: Path, feeds, r
             notes.append(f"prune {spec}: below threshold even with {len(kept)} of {len(cands)} layers left "
                          "unpruned (fine-tune after pruning to recover accuracy)")
         build(kept)      # leave the last tried model in place
-        info = {"params": m2["params"], "kept_unpruned": kept}
+        info = {"params": m2["params"], "kept_unpruned": kept, "refit": m2["refit"]}
     return spec.label, spec, path, info

@@ -2,7 +2,11 @@
 
 Channel pruning removes whole output channels of a Conv (lowest L1 norm) and the matching slices downstream
 (BatchNormalization, depthwise Conv, activations, the next Conv's or Gemm's inputs), so the model really gets
-smaller and faster. ``skip`` names layers (node names; channel groups by their head Conv) left unpruned.
+smaller and faster. With calibration data (``grams=``, from :func:`reconstruction_grams`) the next pointwise
+Conv or Gemm is not just cut but re-fitted: least squares on the kept input channels reproduces its original
+output (He et al., "Channel Pruning for Accelerating Very Deep Neural Networks", 2017), with the mean of the
+removed channels moved into its bias. ``skip`` names layers (node names; channel groups by their head Conv)
+left unpruned.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class PruneResult:
     layers: list[str] = field(default_factory=list)      # what was pruned
     params_before: int = 0
     params_after: int = 0       # parameters left (structured) / non-zero parameters (unstructured)
+    refit: list[str] = field(default_factory=list)       # layers re-fitted by least squares (channel pruning)
 
 
 def _inits(model) -> dict[str, onnx.TensorProto]:
@@ -122,15 +127,16 @@ def candidates(model: onnx.ModelProto, spec: PruneSpec) -> list[str]:
     return [n.name for n, _, _ in _weighted(model)]
 
 
-def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = ()) -> PruneResult:
-    """A pruned copy of ``model``."""
+def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = (),
+          grams: dict[str, np.ndarray] | None = None) -> PruneResult:
+    """A pruned copy of ``model``; ``grams``: :func:`reconstruction_grams` of ``model`` (channel pruning)."""
     spec = parse_prune(spec)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     skip = set(skip)
     before = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
     if spec.kind == "channels":
-        res = _prune_channels(m, spec.amount, skip)
+        res = _prune_channels(m, spec.amount, skip, grams or {})
     else:
         res = _prune_weights(m, spec, skip)
     res.params_before = before
@@ -218,12 +224,17 @@ def _head_axis(node, inits) -> int | None:
     return None
 
 
+def _key(node) -> str:
+    """A node's identity while tracing: its name, or its first output for an unnamed node."""
+    return node.name or node.output[0]
+
+
 def _trace(head, c, consumers, producer, inits, uses, outputs):
     actions = [("head", head, _head_axis(head, inits))]
     group_tensors = {head.output[0]}
     work = [head.output[0]]
     binaries = {}
-    seen_nodes = {head.name}
+    seen_nodes = {_key(head)}
     while work:
         t = work.pop()
         if t in outputs or not consumers.get(t):
@@ -231,15 +242,15 @@ def _trace(head, c, consumers, producer, inits, uses, outputs):
         for node, idx in consumers[t]:
             op = node.op_type
             if op in _BINARY:
-                binaries[node.name] = node
-                if node.name not in seen_nodes:
-                    seen_nodes.add(node.name)
+                binaries[_key(node)] = node
+                if _key(node) not in seen_nodes:
+                    seen_nodes.add(_key(node))
                     group_tensors.add(node.output[0])
                     work.append(node.output[0])
                 continue
-            if node.name in seen_nodes:
+            if _key(node) in seen_nodes:
                 continue
-            seen_nodes.add(node.name)
+            seen_nodes.add(_key(node))
             if op in _UNARY and idx == 0:
                 if op == "Clip" or all(i in inits or not i for i in node.input[1:]):
                     group_tensors.add(node.output[0])
@@ -285,7 +296,7 @@ def _trace(head, c, consumers, producer, inits, uses, outputs):
                 g, gi = nxt[0]
                 if g.op_type in ("Gemm", "MatMul") and gi == 0 and g.input[1] in inits and uses.get(g.input[1]) == 1:
                     axis = 1 if (g.op_type == "Gemm" and _attr(g, "transB", 0)) else 0
-                    seen_nodes.add(g.name)
+                    seen_nodes.add(_key(g))
                     actions.append(("fc_in", g, axis))
                     continue
                 return None
@@ -304,8 +315,65 @@ def _trace(head, c, consumers, producer, inits, uses, outputs):
     return actions
 
 
-def _prune_channels(model, ratio: float, skip: set[str]) -> PruneResult:
-    done = []
+def reconstruction_grams(model: onnx.ModelProto, feeds, max_samples: int = 32) -> dict[str, np.ndarray]:
+    """``E[[x, 1][x, 1]^T]`` on ``feeds`` of each input channel pruning can shrink under a pointwise Conv or a
+    Gemm/MatMul: what the least-squares re-fit needs. Computed once per source model."""
+    from .qtune import input_grams
+
+    inits = _inits(model)
+    names = sorted({a[1].input[0] for _, acts in _channel_groups(model) for a in acts
+                    if a[0] == "fc_in" or (a[0] == "conv_in" and _pointwise(a[1], inits))})
+    return input_grams(model, names, feeds, max_samples, ones=True) if names else {}
+
+
+def _pointwise(node, inits) -> bool:
+    return tuple(inits[node.input[1]].dims[2:]) == (1, 1) and _attr(node, "group", 1) == 1 and \
+        all(v == 1 for v in _attr(node, "strides", [1, 1])) and not any(_attr(node, "pads", [0]))
+
+
+def _refit(model, inits, node, keep: np.ndarray, axis: int, grams: dict[str, np.ndarray]) -> bool:
+    """Set ``node``'s weight on the kept input channels ``keep`` (and its bias) to the least-squares fit of its
+    original output; False where it cannot be (no statistics, not pointwise): the caller just cuts."""
+    g = grams.get(node.input[0])
+    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+    c = w.shape[axis]
+    if g is None or g.shape[0] != c + 1 or (node.op_type == "Conv" and not _pointwise(node, inits)) or \
+            (node.op_type == "Gemm" and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0)):
+        return False
+    rows = np.moveaxis(w, axis, -1).reshape(-1, c)                      # [out, in]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and (bias not in inits or int(np.prod(inits[bias].dims)) != len(rows)):
+        return False
+    intercept = node.op_type != "MatMul"
+    b = numpy_helper.to_array(inits[bias]).astype(np.float64).reshape(-1) if bias else np.zeros(len(rows))
+    idx = np.append(keep, c) if intercept else np.asarray(keep)
+    a = g[np.ix_(idx, idx)]
+    a = a + np.eye(len(idx)) * 1e-6 * float(np.trace(a)) / len(idx)
+    try:
+        theta = np.linalg.solve(a, g[idx] @ np.vstack([rows.T, b[None, :]]))      # [kept (+1), out]
+    except np.linalg.LinAlgError:
+        return False
+    new_rows = theta[:len(keep)].T
+    if node.op_type == "Conv":
+        new_w = new_rows.reshape(len(rows), len(keep), 1, 1)
+    else:
+        new_w = new_rows if axis == 1 else new_rows.T
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(new_w.astype(np.float32), node.input[1]))
+    if intercept:
+        if bias is None:
+            bias = f"{node.input[1]}_refit_bias"
+            model.graph.initializer.append(numpy_helper.from_array(theta[-1].astype(np.float32), bias))
+            inits[bias] = model.graph.initializer[-1]
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = bias
+        else:
+            _set(model, inits, bias, theta[-1].reshape(inits[bias].dims))
+    return True
+
+
+def _prune_channels(model, ratio: float, skip: set[str], grams: dict[str, np.ndarray]) -> PruneResult:
+    done, refit = [], []
     for head_name, _ in _channel_groups(model):
         if head_name in skip:
             continue
@@ -337,10 +405,12 @@ def _prune_channels(model, ratio: float, skip: set[str]) -> PruneResult:
             elif kind == "bn":
                 for p in node.input[1:5]:
                     _take(model, inits, p, keep, 0)
-            elif kind == "conv_in":
-                _take(model, inits, node.input[1], keep, 1)
-            elif kind == "fc_in":
-                _take(model, inits, node.input[1], keep, act[2])
+            elif kind in ("conv_in", "fc_in"):
+                axis = 1 if kind == "conv_in" else act[2]
+                if _refit(model, inits, node, keep, axis, grams):
+                    refit.append(node.name)
+                else:
+                    _take(model, inits, node.input[1], keep, axis)
         done.append(head_name)
     del model.graph.value_info[:]
     try:
@@ -348,7 +418,7 @@ def _prune_channels(model, ratio: float, skip: set[str]) -> PruneResult:
     except Exception:  # shapes are re-derived by the runtime anyway
         pass
     after = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    return PruneResult(model, done, 0, after)
+    return PruneResult(model, done, 0, after, refit)
 
 
 def _take(model, inits, name: str, keep: np.ndarray, axis: int) -> None:

@@ -118,7 +118,7 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
             targets.append((fn, dq))
     if not targets:
         return 0
-    hess = _input_hessians(float_model, sorted({fn.input[0] for fn, _ in targets}), feeds, max_samples)
+    hess = input_grams(float_model, sorted({fn.input[0] for fn, _ in targets}), feeds, max_samples)
     done = 0
     for fn, dq in targets:
         w0 = numpy_helper.to_array(qdq.finit[fn.input[1]])
@@ -142,9 +142,10 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
     return done
 
 
-def _input_hessians(float_model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]],
-                    max_samples: int) -> dict[str, np.ndarray]:
-    """``E[x x^T]`` over pixels/rows of each named float tensor (channels on axis 1, or last for 2-D)."""
+def input_grams(float_model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]],
+                    max_samples: int, ones: bool = False) -> dict[str, np.ndarray]:
+    """``E[x x^T]`` over pixels/rows of each named float tensor (channels on axis 1, or last for 2-D); ``ones``:
+    of ``[x, 1]``, whose last row and column hold the channel means."""
     sess = _session(_with_outputs(float_model, names))
     hess: dict[str, np.ndarray] = {}
     count: dict[str, int] = dict.fromkeys(names, 0)
@@ -153,6 +154,8 @@ def _input_hessians(float_model: onnx.ModelProto, names: Sequence[str], feeds: S
             v = np.asarray(v, np.float64)
             x = v.reshape(v.shape[0], v.shape[1], -1).transpose(0, 2, 1).reshape(-1, v.shape[1]) if v.ndim > 2 \
                 else v.reshape(-1, v.shape[-1])
+            if ones:
+                x = np.hstack([x, np.ones((len(x), 1))])
             hess[t] = hess.get(t, 0.0) + x.T @ x
             count[t] += x.shape[0]
     return {t: h / max(count[t], 1) for t, h in hess.items()}
@@ -293,7 +296,7 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
     if not nodes:
         return m, 0
     rowable = [n for n in nodes if _as_rows(numpy_helper.to_array(inits[n.input[1]]), n) is not None]
-    hess = _input_hessians(float_model, sorted({n.input[0] for n in rowable}), feeds, max_samples) if rowable else {}
+    hess = input_grams(float_model, sorted({n.input[0] for n in rowable}), feeds, max_samples) if rowable else {}
     deltas = []
     for n in nodes:
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 import edgekit
@@ -128,6 +129,20 @@ def test_pruning_retry_records_unpruned_layers(tmp_path, cnn_onnx):
     assert v.pruning == "0.9"
     assert v.validation.get("kept_unpruned") or v.validation["passed"]
 
+
+def test_channel_pruning_refits_on_calibration_data(tmp_path, cnn_onnx):
+    """With calibration data the layer after a pruned channel group is re-fitted (here the classifier Gemm after
+    Conv_2's group; Conv_2 after Conv_0's is 3x3, so it is only cut) and the manifest records it."""
+    b = edgekit.convert(cnn_onnx, tmp_path / "p", targets="onnx", quantize="fp32", prune="channels:0.5",
+                        calibration={"image": _cal((1, 3, 16, 16))}, accuracy_aware=False, progress=False)
+    v = b.variant("onnx-fp32-ch50")
+    gemm = next(n.name for n in onnx.load(str(b.artifact(v))).graph.node if n.op_type == "Gemm")
+    assert v.validation["refit"] == [gemm]
+    before, after = v.validation["params"]
+    assert after < before
+    x = _cal((1, 3, 16, 16), n=1)
+    out = edgekit.load(tmp_path / "p", variant=v.id).run({"image": x})["probs"]
+    assert out.shape == (1, 10) and abs(float(out.sum()) - 1) < 1e-5
 
 def test_torch_module_source(tmp_path):
     torch = pytest.importorskip("torch", reason="torch extra not installed")

@@ -114,3 +114,49 @@ def test_pruned_model_runs_on_calibration_samples():
             out = _run(res.model, f)[0]
             assert out.shape == (1, 10) and np.isfinite(out).all()
             np.testing.assert_allclose(out.sum(), 1.0, atol=1e-5)     # still a softmax
+
+
+def _grams_and_held(m):
+    rng = np.random.default_rng(0)
+    calib = [{"image": x} for x in rng.standard_normal((48, 1, 3, 12, 12)).astype(np.float32)]
+    held = [{"image": x} for x in rng.standard_normal((8, 1, 3, 12, 12)).astype(np.float32)]
+    return prune.reconstruction_grams(m, calib), held
+
+
+def test_channel_pruning_refit_is_exact_on_redundant_channels():
+    """Stem channels 8-15 are half of channels 0-7 (Relu is positively homogeneous): they carry nothing new.
+    Pruning them and re-fitting the next pointwise Conv by least squares must reproduce the output; cutting alone
+    does not."""
+    m = models.pointwise_cnn()
+    inits = {i.name: i for i in m.graph.initializer}
+    for name in ("sw", "sb"):
+        a = numpy_helper.to_array(inits[name]).copy()
+        a[8:] = 0.5 * a[:8]
+        inits[name].CopyFrom(numpy_helper.from_array(a, name))
+    grams, held = _grams_and_held(m)
+    others = [h for h in prune.candidates(m, prune.parse_prune("channels:0.5")) if h != "stem"]
+    refit = prune.prune(m, "channels:0.5", skip=others, grams=grams)
+    cut = prune.prune(m, "channels:0.5", skip=others)
+    assert refit.layers == ["stem"] and refit.refit == ["expand"] and not cut.refit
+    assert _w(refit.model, "sw").shape == (8, 3, 3, 3) and _w(refit.model, "p1w").shape == (48, 8, 1, 1)
+    for f in held:
+        ref = _run(m, f)[0]
+        np.testing.assert_allclose(_run(refit.model, f)[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        assert np.abs(_run(cut.model, f)[0] - ref).max() > 0.05 * np.abs(ref).max()
+
+
+def test_channel_pruning_refit_beats_cutting():
+    """All groups at 50% (stem -> expand, expand -> project, project -> GAP -> fc; the graph's activations are
+    unnamed nodes): on held-out inputs the re-fitted model is much closer to the original than the cut one (mean
+    squared error 0.03 vs 0.62 when written), with the same shapes."""
+    m = models.pointwise_cnn()
+    grams, held = _grams_and_held(m)
+    refit = prune.prune(m, "channels:0.5", grams=grams)
+    cut = prune.prune(m, "channels:0.5")
+    assert sorted(refit.refit) == ["expand", "fc", "project"] and sorted(refit.layers) == sorted(cut.layers)
+    assert refit.params_after >= cut.params_after and refit.params_after < refit.params_before
+
+    def err(res) -> float:
+        return float(np.mean([np.square(_run(res.model, f)[0] - _run(m, f)[0]).mean() for f in held]))
+
+    assert err(refit) < 0.5 * err(cut), (err(refit), err(cut))
