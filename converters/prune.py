@@ -321,9 +321,11 @@ def reconstruction_grams(model: onnx.ModelProto, feeds, max_samples: int = 32) -
     from .qtune import input_grams
 
     inits = _inits(model)
-    names = sorted({a[1].input[0] for _, acts in _channel_groups(model) for a in acts
-                    if a[0] == "fc_in" or (a[0] == "conv_in" and _pointwise(a[1], inits))})
-    return input_grams(model, names, feeds, max_samples, ones=True) if names else {}
+    layers = [a[1] for _, acts in _channel_groups(model) for a in acts
+              if a[0] == "fc_in" or (a[0] == "conv_in" and _pointwise(a[1], inits))]
+    names = sorted({n.input[0] for n in layers})
+    last = {n.input[0] for n in layers if n.op_type == "MatMul"}        # features on the last axis
+    return input_grams(model, names, feeds, max_samples, ones=True, last=last) if names else {}
 
 
 def _pointwise(node, inits) -> bool:

@@ -143,17 +143,18 @@ def gptq_round(float_model: onnx.ModelProto, qdq_path: Path, feeds: Sequence[Map
 
 
 def input_grams(float_model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]],
-                    max_samples: int, ones: bool = False) -> dict[str, np.ndarray]:
-    """``E[x x^T]`` over pixels/rows of each named float tensor (channels on axis 1, or last for 2-D); ``ones``:
-    of ``[x, 1]``, whose last row and column hold the channel means."""
+                max_samples: int, ones: bool = False, last: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """``E[x x^T]`` over pixels/rows of each named float tensor (channels on axis 1, or last for 2-D tensors and
+    those named in ``last``, e.g. MatMul inputs [batch, tokens, features]); ``ones``: of ``[x, 1]``, whose last
+    row and column hold the channel means."""
     sess = _session(_with_outputs(float_model, names))
     hess: dict[str, np.ndarray] = {}
     count: dict[str, int] = dict.fromkeys(names, 0)
     for f in list(feeds)[:max_samples]:
         for t, v in zip(names, sess.run(list(names), dict(f))):
             v = np.asarray(v, np.float64)
-            x = v.reshape(v.shape[0], v.shape[1], -1).transpose(0, 2, 1).reshape(-1, v.shape[1]) if v.ndim > 2 \
-                else v.reshape(-1, v.shape[-1])
+            x = v.reshape(v.shape[0], v.shape[1], -1).transpose(0, 2, 1).reshape(-1, v.shape[1]) \
+                if v.ndim > 2 and t not in last else v.reshape(-1, v.shape[-1])
             if ones:
                 x = np.hstack([x, np.ones((len(x), 1))])
             hess[t] = hess.get(t, 0.0) + x.T @ x
