@@ -31,7 +31,7 @@ from .calibration import load_calibration, n_samples, samples, split, synthetic
 from .canonical import canonicalize, io_specs, load_onnx
 from .prune import PruneSpec, candidates, parse_prune, reconstruction_grams
 from .prune import prune as prune_model
-from .quantize import PRECISIONS, check_precision, quantizable_nodes
+from .quantize import PRECISIONS, check_precision, quantizable_nodes, stem_nodes
 from .validate import is_classifier, judge, metrics, run_onnx, validate
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         prebuilt: dict[tuple, Future] = {}
         order: dict[str, int] = {}
         built_onnx: dict[tuple, Path] = {}
+        stem_cache: dict[str, list[str]] = {}
         # the pool is shut down (waiting for a running export) before the writer removes its temporary folder
         with BundleWriter(out_dir, force=force, source=src_file, inputs=inputs, outputs=outputs,
                           meta={"source_kind": kind, "thresholds": thresholds, **meta}) as w, \
@@ -290,6 +291,11 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     continue
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k in ("params", "refit")})
+                if (fmt_rec, prec) in _STEM_FLOAT and kw.get("float_stem", True):
+                    if label not in stem_cache:
+                        stem_cache[label] = stem_nodes(onnx.load(str(src_path)))
+                    if stem_cache[label]:
+                        val["float_stem"] = stem_cache[label]       # kept float by the recipe, before any retry
                 secs = time.perf_counter() - t1
                 order[vid] = place[(label, fmt, prec)]
                 w.add_variant(vid, fmt_rec, prec, path, v_in, v_out, validation=val,
@@ -308,6 +314,10 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             w.report = render(src_name, kind, inputs, outputs, rows, notes, skipped, thresholds, vdata,
                               time.perf_counter() - t0, fp32)
     return w.bundle
+
+
+#: (format, precision) whose exporter keeps an image stem float by default (quantize.stem_nodes)
+_STEM_FLOAT = {("onnx", "int8"), ("coreml", "int8"), ("coreml", "int8-dynamic")}
 
 
 def _composite(w: BundleWriter, vid: str, src_path: Path, fmt: str, prec: str, fallback_ops: list[str],

@@ -51,6 +51,12 @@ def render(source: str, source_kind: str, inputs: Sequence, outputs: Sequence, r
             v = r["validation"]
             lines.append(f"- {r['id']}: kept {len(v['kept_float'])} node(s) in float/unpruned to reach the "
                          f"threshold: {', '.join(v['kept_float'])}")
+    stems = [r for r in rows if (r.get("validation") or {}).get("float_stem")]
+    if stems:
+        lines += ["", "## Kept in float by the recipe", "",
+                  f"- {', '.join(r['id'] for r in stems)}: the image stem "
+                  f"({', '.join(stems[0]['validation']['float_stem'])}), few weights and little time but the "
+                  "largest int8 error"]
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
     if notes:

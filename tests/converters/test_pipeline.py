@@ -48,6 +48,14 @@ def test_bundle_has_every_variant_validated(cnn_bundle):
         assert [s["name"] for s in v["inputs"]] == ["image"] and [s["name"] for s in v["outputs"]] == ["probs"]
         assert (out / v["path"]).is_file()
     assert "| onnx-int8 |" in (out / "report.md").read_text()
+    # the recipe keeps the image stem (the first Conv, on the 3-channel input) float in static int8, and says so
+    stem = next(n.name for n in onnx.load(str(b.artifact(b.variant("onnx-fp32")))).graph.node if n.op_type == "Conv")
+    assert b.variant("onnx-int8").validation["float_stem"] == [stem]
+    q = onnx.load(str(b.artifact(b.variant("onnx-int8"))))
+    floats = {i.name for i in q.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert next(n for n in q.graph.node if n.name == stem).input[1] in floats       # its weight is not dequantized
+    assert "float_stem" not in b.variant("onnx-int8-dynamic").validation
+    assert f"image stem ({stem})" in (out / "report.md").read_text()
     assert not list(out.parent.glob(".cnn.tmp-*"))
 
 
