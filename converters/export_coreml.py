@@ -261,9 +261,10 @@ def predict(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def export_torch(module, example_inputs: tuple, out_path: Path, precision: str = "fp32", *,
-                 input_names: list[str] | None = None, deployment_target: str = "iOS16",
-                 palettize: int | None = None, force: bool = False) -> Path:
-    """PyTorch ``nn.Module`` -> .mlpackage via ``torch.export`` + ``ct.convert`` (jit.trace breaks on numpy 2.4)."""
+                 input_names: list[str] | None = None, output_names: list[str] | None = None,
+                 deployment_target: str = "iOS16", palettize: int | None = None, force: bool = False) -> Path:
+    """PyTorch ``nn.Module`` -> .mlpackage via ``torch.export`` + ``ct.convert`` (jit.trace breaks on numpy 2.4).
+    ``output_names``: the names edgekit's runner gives the outputs, in order (default: Core ML's own)."""
     torch = require("torch", "torch", "Core ML export from PyTorch")
     ct = require("coremltools", "coreml", "Core ML export")
     _check_precision(precision)
@@ -300,6 +301,10 @@ def export_torch(module, example_inputs: tuple, out_path: Path, precision: str =
     src_dtypes = [torch.empty(0, dtype=v.dtype).numpy().dtype if hasattr(v, "dtype") else None for v in src_dtypes]
     narrowed_out = {o.name: f"{dt.name}->{o.dtype.name}" for o, dt in zip(outs, src_dtypes)
                     if dt is not None and len(src_dtypes) == len(outs) and dt != o.dtype}
-    meta = {"inputs": {n: n for n in names}, "outputs": {o.name: o.name for o in outs}, "narrowed_inputs": narrowed,
+    if output_names is not None and len(output_names) != len(outs):
+        raise InputError(f"{len(output_names)} output_names for the module's {len(outs)} outputs")
+    out_map = dict(zip(output_names or [o.name for o in outs], [o.name for o in outs]))
+    narrowed_out = {src: narrowed_out[c] for src, c in out_map.items() if c in narrowed_out}
+    meta = {"inputs": {n: n for n in names}, "outputs": out_map, "narrowed_inputs": narrowed,
             "narrowed_outputs": narrowed_out, "precision": precision, "source": "torch", "palettize": palettize}
     return _save(mlmodel, out_path, meta, force)

@@ -102,8 +102,10 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
     ``validation``: held-out inputs (same forms as ``calibration``) every variant is checked on; by default a
     quarter of the calibration data is held out (random inputs without it).
     ``fallback_ops``: op types forced onto TVM kernels: each target becomes a composite (runtime segments plus
-    TVM kernels). A target that lacks an op of the model gets such a composite too. ``boards``: board profiles
-    (e.g. ``rpi4``) whose kernels composites carry beside the host's.
+    TVM kernels). A target that lacks an op of the model gets such a composite too, except that a PyTorch
+    source is first converted to Core ML or TFLite by that format's own converter (ct.convert, litert-torch;
+    recorded as ``exported_from``). ``boards``: board profiles (e.g. ``rpi4``) whose kernels composites carry
+    beside the host's.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -151,7 +153,9 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         # ---- source
         from .torch_source import export_torch, is_torch_module
 
+        torch_src = None
         if is_torch_module(source):
+            torch_src = (source, example_inputs)
             kind = f"torch {type(source).__name__}"
             src_file = export_torch(source, example_inputs, work / "torch_export.onnx", opset=opset)
             src_name = type(source).__name__
@@ -270,19 +274,32 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                                 notes.append(f"{vid}: accuracy-aware retry failed ({len(kept)} nodes kept in float "
                                              "at most); kept the plain variant")
                 except UnsupportedOpError as exc:
-                    # the target lacks an op (or ops are forced onto TVM): runtime segments + TVM kernels
+                    # the ONNX route lacks an op: the format's own PyTorch converter (for a module source), else
+                    # runtime segments + TVM kernels (also where ops are forced onto TVM)
                     _rm(art)
-                    try:
-                        path, val, v_in, v_out = _composite(w, vid, src_path, fmt, prec, fallback_ops, boards,
-                                                            calib_part, check, force)
-                    except EdgekitError as exc2:
-                        if explicit or fallback_ops:
-                            raise
-                        skipped.append(f"{vid}: {' '.join(str(exc).split())[:200]}; no TVM composite either: "
-                                       f"{' '.join(str(exc2).split())[:200]}")
-                        continue
-                    vid = f"{vid}+tvm"
-                    fmt_rec = "composite"
+                    val = None
+                    if torch_src is not None and not label and not fallback_ops and fmt in TORCH_CONVERTERS:
+                        try:
+                            path = _torch_native(fmt, *torch_src, art, prec, inputs, outputs, calib_part)
+                            val = dict(check(path, fmt, exp), exported_from=f"torch ({TORCH_CONVERTERS[fmt]})")
+                            notes.append(f"{vid}: {' '.join(str(exc).split())[:200]}; exported from the PyTorch "
+                                         f"module with {TORCH_CONVERTERS[fmt]} instead")
+                        except EdgekitError as exc3:
+                            _rm(art)
+                            notes.append(f"{vid}: the PyTorch module's own converter ({TORCH_CONVERTERS[fmt]}) "
+                                         f"failed too: {' '.join(str(exc3).split())[:200]}")
+                    if val is None:
+                        try:
+                            path, val, v_in, v_out = _composite(w, vid, src_path, fmt, prec, fallback_ops, boards,
+                                                                calib_part, check, force)
+                        except EdgekitError as exc2:
+                            if explicit or fallback_ops:
+                                raise
+                            skipped.append(f"{vid}: {' '.join(str(exc).split())[:200]}; no TVM composite either: "
+                                           f"{' '.join(str(exc2).split())[:200]}")
+                            continue
+                        vid = f"{vid}+tvm"
+                        fmt_rec = "composite"
                 except EdgekitError as exc:
                     if explicit or fmt == "onnx":
                         raise
@@ -314,6 +331,27 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
             w.report = render(src_name, kind, inputs, outputs, rows, notes, skipped, thresholds, vdata,
                               time.perf_counter() - t0, fp32)
     return w.bundle
+
+
+#: formats with an official converter from PyTorch, used for a module source when the ONNX route lacks an op
+TORCH_CONVERTERS = {"coreml": "ct.convert", "tflite": "litert-torch"}
+
+
+def _torch_native(fmt: str, module, example_inputs, art: Path, prec: str, inputs, outputs, calib) -> Path:
+    """``art`` converted straight from the PyTorch module by the format's official converter, keeping the ONNX
+    source's input/output names (Core ML) and order; static int8 calibrates on ``calib``."""
+    from .torch_source import example_args
+
+    args, _ = example_args(module, example_inputs)
+    if fmt == "coreml":
+        from .export_coreml import export_torch
+
+        return export_torch(module, args, art, prec, input_names=[s.name for s in inputs],
+                            output_names=[s.name for s in outputs], force=True)
+    from .export_tflite import export_torch
+
+    cal = [tuple(f[s.name] for s in inputs) for f in samples(calib, inputs)] if calib else None
+    return export_torch(module, args, art, prec, calibration=cal, force=True)
 
 
 #: (format, precision) whose exporter keeps an image stem float by default (quantize.stem_nodes)

@@ -25,17 +25,7 @@ def export_torch(module: Any, example_inputs: Any, path: Path, opset: int | None
                  input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Path:
     """Export ``module`` called on ``example_inputs`` (a tensor, a tuple, or a dict by argument name)."""
     torch = require("torch", "torch", "converting a PyTorch module")
-    if example_inputs is None:
-        raise InputError("a torch.nn.Module source needs example_inputs (a tensor, a tuple of tensors or a dict "
-                         "name -> tensor) to trace it")
-    if isinstance(example_inputs, Mapping):
-        names = list(example_inputs)
-        args = tuple(example_inputs.values())
-    else:
-        args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        names = list(input_names or _arg_names(module, len(args)))
-    if not all(isinstance(a, torch.Tensor) for a in args):
-        raise InputError(f"example_inputs must be tensors, got {[type(a).__name__ for a in args]}")
+    args, names = example_args(module, example_inputs, input_names)
     module = module.eval()
     with torch.no_grad():
         out = module(*args)
@@ -55,6 +45,25 @@ def export_torch(module: Any, example_inputs: Any, path: Path, opset: int | None
                                      f"{msg[:400]}") from None
         raise ConversionError(f"torch.onnx.export of {type(module).__name__} failed: {msg[:400]}") from None
     return Path(path)
+
+
+def example_args(module: Any, example_inputs: Any, input_names: Sequence[str] | None = None
+                 ) -> tuple[tuple, list[str]]:
+    """(positional tensors, input names) of ``example_inputs``: a tensor, a tuple, or a dict by argument name."""
+    import torch
+
+    if example_inputs is None:
+        raise InputError("a torch.nn.Module source needs example_inputs (a tensor, a tuple of tensors or a dict "
+                         "name -> tensor) to trace it")
+    if isinstance(example_inputs, Mapping):
+        names = list(example_inputs)
+        args = tuple(example_inputs.values())
+    else:
+        args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+        names = list(input_names or _arg_names(module, len(args)))
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise InputError(f"example_inputs must be tensors, got {[type(a).__name__ for a in args]}")
+    return args, names
 
 
 def _arg_names(module: Any, n: int) -> list[str]:

@@ -176,6 +176,34 @@ def test_torch_module_source(tmp_path):
     np.testing.assert_allclose(next(iter(got.values())), want, atol=1e-5)   # ORT vs torch fp32
 
 
+def test_torch_source_falls_back_to_ct_convert(tmp_path):
+    """CumSum is not in the ONNX->MIL translator's table: for a PyTorch source the Core ML variants come from
+    ct.convert on the module instead (not a TVM composite), keep the ONNX source's names, and are validated
+    against the ONNX fp32 reference like any other variant (graph check on Linux)."""
+    torch = pytest.importorskip("torch", reason="torch extra not installed")
+    pytest.importorskip("coremltools", reason="coreml extra not installed")
+    from edgekit.converters import mil_eval
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.cumsum(self.fc(x), dim=1)
+
+    torch.manual_seed(0)
+    b = edgekit.convert(Net().eval(), tmp_path / "t", example_inputs=(torch.randn(1, 8),), targets="coreml",
+                        quantize=("fp32", "fp16"), progress=False)
+    assert [v.id for v in b.variants] == ["coreml-fp32", "coreml-fp16"]
+    for v in b.variants:
+        assert v.validation["exported_from"] == "torch (ct.convert)" and v.validation["passed"]
+        assert v.validation["method"] == "graph-check" and v.validation["max_abs"] < (1e-5 if v.precision == "fp32"
+                                                                                       else 1e-2)
+        meta = mil_eval.io_metadata(mil_eval.load_program(b.artifact(v))[1])
+        assert list(meta["inputs"]) == ["x"] and list(meta["outputs"]) == ["output"]
+    assert "exported from the PyTorch module with ct.convert" in (tmp_path / "t" / "report.md").read_text()
+
 def test_torch_source_needs_example_inputs(tmp_path):
     torch = pytest.importorskip("torch", reason="torch extra not installed")
     with pytest.raises(InputError, match="example_inputs"):
