@@ -29,7 +29,7 @@ from . import exporters, get_exporter
 from .accuracy import rank_by_activation, rank_by_single, retry
 from .calibration import load_calibration, n_samples, samples, split, synthetic
 from .canonical import canonicalize, io_specs, load_onnx
-from .prune import PruneSpec, candidates, parse_prune, reconstruction_grams
+from .prune import PruneSpec, calibration_grams, candidates, parse_prune
 from .prune import prune as prune_model
 from .quantize import PRECISIONS, check_precision, quantizable_nodes, stem_nodes
 from .validate import is_classifier, judge, metrics, run_onnx, validate
@@ -484,10 +484,10 @@ def _quant_ranking(src_path: Path, onnx_variant: Path | None, prec: str, calib, 
 def _pruned_source(spec: PruneSpec, canon: onnx.ModelProto, work: Path, feeds, ref, classifier: bool,
                    thresholds: dict, accuracy_aware: bool, notes: list[str], calib_feeds=None):
     """(label, spec, path of the pruned fp32 ONNX, info) with the accuracy-aware retry on pruned layers.
-    ``calib_feeds`` (calibration samples, never the validation ``feeds``): channel pruning re-fits the layers
-    after each pruned group on them."""
+    ``calib_feeds`` (calibration samples, never the validation ``feeds``): the statistics pruning re-fits
+    layers with (:func:`~edgekit.converters.prune.calibration_grams`)."""
     path = work / f"pruned-{spec.label}.onnx"
-    grams = reconstruction_grams(canon, calib_feeds) if spec.kind == "channels" and calib_feeds else None
+    grams = calibration_grams(canon, spec, calib_feeds) if calib_feeds else None
 
     def build(skip) -> dict:
         res = prune_model(canon, spec, skip=skip, grams=grams)

@@ -334,3 +334,45 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
                 n.input.append("")
             n.input[2] = name
     return m, len(deltas)
+
+
+def obs_prune(w: np.ndarray, h: np.ndarray, *, amount: float | None = None, nm: tuple[int, int] | None = None,
+              damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """Sparse weights [rows, cols] for ``w`` against ``h = E[x x^T]`` of the layer's input (SparseGPT, Frantar &
+    Alistarh, 2023): columns are pruned in turn and each one's error is pushed onto the columns not yet done.
+
+    ``amount``: unstructured sparsity, the weights with the smallest ``w^2 / [H^-1]_jj^2`` in each block of
+    columns (magnitude scaled by the input's energy); ``nm`` = (n, m): n of every m consecutive columns of a row.
+    ``LinAlgError`` when ``h`` is singular.
+    """
+    w, h = np.array(w, np.float64), np.array(h, np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h = h + damp * float(np.mean(np.diag(h))) * np.eye(len(h))
+    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
+    if nm:
+        block = max(nm[1], block // nm[1] * nm[1])
+    mask = np.zeros(w.shape, bool)
+    for i1 in range(0, w.shape[1], block):
+        i2 = min(i1 + block, w.shape[1])
+        w1, h1 = w[:, i1:i2].copy(), hinv[i1:i2, i1:i2]
+        d2 = np.diag(h1) ** 2
+        m1 = np.zeros(w1.shape, bool)
+        if amount:
+            k = int(round(w1.size * amount))
+            if k:
+                m1.flat[np.argpartition((w1 ** 2 / d2).ravel(), k - 1)[:k]] = True
+        err1 = np.zeros_like(w1)
+        for i in range(i2 - i1):
+            if nm and i % nm[1] == 0:
+                sal = w1[:, i:i + nm[1]] ** 2 / d2[i:i + nm[1]]
+                np.put_along_axis(m1[:, i:i + nm[1]], np.argsort(sal, axis=1)[:, :nm[0]], True, axis=1)
+            q = np.where(m1[:, i], 0.0, w1[:, i])
+            err1[:, i] = (w1[:, i] - q) / h1[i, i]
+            w1[:, i] = q
+            w1[:, i + 1:] -= np.outer(err1[:, i], h1[i, i + 1:])
+        w[:, i1:i2], mask[:, i1:i2] = w1, m1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    w[mask] = 0.0
+    return w
