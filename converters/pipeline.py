@@ -488,9 +488,10 @@ def _pruned_source(spec: PruneSpec, canon: onnx.ModelProto, work: Path, feeds, r
     layers with (:func:`~edgekit.converters.prune.calibration_grams`)."""
     path = work / f"pruned-{spec.label}.onnx"
     grams = calibration_grams(canon, spec, calib_feeds) if calib_feeds else None
+    cache: dict = {}
 
     def build(skip) -> dict:
-        res = prune_model(canon, spec, skip=skip, grams=grams)
+        res = prune_model(canon, spec, skip=skip, grams=grams, cache=cache)
         onnx.save(res.model, str(path))
         m = judge(metrics(ref, run_onnx(path, feeds), classifier), thresholds["cosine"], thresholds["top1"])
         m["params"] = [res.params_before, res.params_after]

@@ -131,8 +131,10 @@ def candidates(model: onnx.ModelProto, spec: PruneSpec) -> list[str]:
 
 
 def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = (),
-          grams: dict[str, np.ndarray] | None = None) -> PruneResult:
-    """A pruned copy of ``model``; ``grams``: :func:`calibration_grams` of ``model`` for ``spec``."""
+          grams: dict[str, np.ndarray] | None = None, cache: dict | None = None) -> PruneResult:
+    """A pruned copy of ``model``; ``grams``: :func:`calibration_grams` of ``model`` for ``spec``. ``cache``: a
+    dict kept across calls on the same model and spec (the accuracy retry) holding each layer's SparseGPT
+    result, which does not depend on what else is skipped."""
     spec = parse_prune(spec)
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -141,19 +143,24 @@ def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = (),
     if spec.kind == "channels":
         res = _prune_channels(m, spec.amount, skip, grams or {})
     else:
-        res = _prune_weights(m, spec, skip, grams or {})
+        res = _prune_weights(m, spec, skip, grams or {}, {} if cache is None else cache)
     res.params_before = before
     return res
 
 
-def _prune_weights(model, spec: PruneSpec, skip: set[str], grams: dict[str, np.ndarray]) -> PruneResult:
+def _prune_weights(model, spec: PruneSpec, skip: set[str], grams: dict[str, np.ndarray], cache: dict
+                   ) -> PruneResult:
     inits, uses = _inits(model), _uses(model)
     done, refit = [], []
     for node, wname, axis in _weighted(model):
         if node.name in skip or uses.get(wname, 0) != 1:
             continue
         w = numpy_helper.to_array(inits[wname]).astype(np.float32)
-        obs = _obs_weights(node, w, axis, spec, grams.get(node.input[0])) if _obs_ok(node, inits) else None
+        key = (wname, str(spec))
+        if key not in cache:
+            cache[key] = _obs_weights(node, w, axis, spec, grams.get(node.input[0])) if _obs_ok(node, inits) \
+                else None
+        obs = cache[key]
         if obs is not None:
             w = obs
             refit.append(node.name)
