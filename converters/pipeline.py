@@ -308,7 +308,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     continue
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k in ("params", "refit")})
-                if (fmt_rec, prec) in _STEM_FLOAT and kw.get("float_stem", True):
+                if (fmt_rec, prec) in _STEM_FLOAT and kw.get("float_stem", True) and "exported_from" not in val:
                     if label not in stem_cache:
                         stem_cache[label] = stem_nodes(onnx.load(str(src_path)))
                     if stem_cache[label]:
