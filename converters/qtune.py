@@ -90,9 +90,12 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 def _as_rows(w: np.ndarray, node: onnx.NodeProto) -> np.ndarray | None:
-    """Weight as [outputs, inputs] for a Gemm or a 1x1, stride-1, unpadded, ungrouped Conv; else None."""
+    """Weight as [outputs, inputs] for a Gemm, a 2-D MatMul weight or a 1x1, stride-1, unpadded, ungrouped Conv;
+    else None."""
     if node.op_type == "Gemm":
         return w if _attr(node, "transB", 0) else w.T
+    if node.op_type == "MatMul":
+        return w.T if w.ndim == 2 else None
     if w.ndim == 4 and w.shape[2:] == (1, 1) and _attr(node, "group", 1) == 1 and \
             all(s == 1 for s in _attr(node, "strides", [1, 1])) and not any(_attr(node, "pads", [0])):
         return w.reshape(w.shape[0], w.shape[1])
@@ -266,15 +269,15 @@ def mean_output_shift(float_model: onnx.ModelProto, deltas: Sequence[tuple[onnx.
 def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], *,
                       min_size: int = 0, skip: Sequence[str] = (), max_samples: int = 32,
                       damp: float = 0.01) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``float_model`` whose Conv/Gemm weights sit on the symmetric per-output-channel int8 grid (scale
+    """A copy of ``float_model`` whose Conv/Gemm/MatMul weights sit on the symmetric per-output-channel int8 grid (scale
     ``max|w|/127``, values ``k * scale`` with some ``|k| = 127`` in every channel), and how many were moved.
 
     For weight-only int8 exporters that quantize by rounding to nearest on exactly that grid (coremltools'
     ``linear_symmetric`` per-channel int8): they reproduce these weights bit for bit, so the rounding chosen
-    here is the one shipped. Pointwise Conv and Gemm weights are rounded by GPTQ on ``feeds`` (a channel whose
-    largest value GPTQ moves off +-127 is rounded to nearest instead, so its scale is kept); the rest to
-    nearest. Then each bias absorbs the mean output shift of its rounding (bias correction; a Conv without bias
-    gets one). ``min_size``: weights with at most this many elements are left alone (the exporter's
+    here is the one shipped. Pointwise Conv, Gemm and 2-D MatMul weights are rounded by GPTQ on ``feeds`` (a
+    channel whose largest value GPTQ moves off +-127 is rounded to nearest instead, so its scale is kept); the
+    rest to nearest. Then each Conv/Gemm bias absorbs the mean output shift of its rounding (bias correction; a
+    Conv without bias gets one). ``min_size``: weights with at most this many elements are left alone (the exporter's
     threshold); ``skip``: node names left in float. EfficientNet-Lite0, weight-only int8 against fp32 on 256
     held-out crops: round to nearest cosine 0.9935 (top-1 0.91); tuned 0.9966; tuned with the image stem left in
     float 0.9996 (top-1 0.97, every flip a near-tie of fp32's top-2 logits within 0.12).
@@ -288,21 +291,24 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
             uses[t] = uses.get(t, 0) + 1
     nodes = []
     for n in m.graph.node:
-        if n.op_type not in ("Conv", "Gemm") or n.name in skip or len(n.input) < 2 or n.input[1] not in inits \
-                or uses.get(n.input[1]) != 1 or (n.op_type == "Gemm" and _attr(n, "transA", 0)):
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or n.name in skip or len(n.input) < 2 \
+                or n.input[1] not in inits or uses.get(n.input[1]) != 1 \
+                or (n.op_type == "Gemm" and _attr(n, "transA", 0)):
             continue
         w = numpy_helper.to_array(inits[n.input[1]])
-        if w.dtype == np.float32 and w.size > min_size and w.ndim >= 2:
+        if w.dtype == np.float32 and w.size > min_size and (w.ndim == 2 if n.op_type == "MatMul" else w.ndim >= 2):
             nodes.append(n)
     if not nodes:
         return m, 0
     rowable = [n for n in nodes if _as_rows(numpy_helper.to_array(inits[n.input[1]]), n) is not None]
-    hess = input_grams(float_model, sorted({n.input[0] for n in rowable}), feeds, max_samples) if rowable else {}
+    hess = input_grams(float_model, sorted({n.input[0] for n in rowable}), feeds, max_samples,
+                       last=[n.input[0] for n in rowable if n.op_type == "MatMul"]) if rowable else {}
     deltas = []
     for n in nodes:
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
         rows = _as_rows(w, n)
-        gemm_t = n.op_type == "Gemm" and not _attr(n, "transB", 0)     # weight [in, out]: channels on axis 1
+        # weight [in, out]: output channels on axis 1
+        gemm_t = n.op_type == "MatMul" or (n.op_type == "Gemm" and not _attr(n, "transB", 0))
         flat = rows if rows is not None else w.reshape(w.shape[0], -1)
         scale = np.abs(flat).max(axis=1) / 127.0
         scale[scale == 0] = 1.0
@@ -318,6 +324,7 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
         new = (new.T if gemm_t else new).reshape(w.shape)
         inits[n.input[1]].CopyFrom(numpy_helper.from_array(new.astype(np.float32), n.input[1]))
         deltas.append((n, new - w))
+    deltas = [d for d in deltas if d[0].op_type != "MatMul"]     # no bias of its own (nor channels on axis 1)
     for (n, _), shift in zip(deltas, mean_output_shift(float_model, deltas, feeds, 2 * max_samples)):
         has_bias = len(n.input) > 2 and n.input[2] in inits and uses.get(n.input[2]) == 1
         if has_bias:
@@ -333,7 +340,7 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
             while len(n.input) < 3:
                 n.input.append("")
             n.input[2] = name
-    return m, len(deltas)
+    return m, len(nodes)
 
 
 def obs_prune(w: np.ndarray, h: np.ndarray, *, amount: float | None = None, nm: tuple[int, int] | None = None,
