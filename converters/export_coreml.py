@@ -135,7 +135,7 @@ def _int8_source(onnx_path: Path, calibration: dict | None, keep_float: set[str]
 
     ``float_stem``: the image stem and the depthwise conv after it join ``keep_float`` (as in static int8 ONNX:
     on EfficientNet-Lite0 weight-only int8 cosine 0.9966 -> 0.9996). With calibration data and coremltools'
-    symmetric per-channel grid (``on_grid``), the other Conv/Gemm weights are rounded onto that grid here by
+    symmetric per-channel grid (``on_grid``), the other Conv/Gemm/MatMul weights are rounded onto that grid here by
     GPTQ with bias correction (:func:`~edgekit.converters.qtune.int8_grid_weights`); coremltools then
     reproduces them exactly instead of rounding to nearest."""
     import onnx
