@@ -194,11 +194,15 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         def check(path: Path, fmt: str, exp=None) -> dict:
             return validate(path, fmt, feeds, ref, inputs, outputs, exp, cosine_threshold, top1_threshold)
 
-        # ---- pruned fp32 sources
+        # ---- pruned fp32 sources (re-fitted on calibration data only when validation does not reuse it)
+        fit_feeds = samples(calib_part, inputs) if calib_part and (validation is not None or
+                                                                   n_samples(calib_part) >= 4) else None
+        if specs and calib_part and fit_feeds is None:
+            notes.append("pruned layers are not re-fitted: with under 4 calibration samples validation reuses them")
         sources: list[tuple[str, PruneSpec | None, Path, dict]] = [("", None, canon_path, {})]
         for spec in specs:
             sources.append(_pruned_source(spec, canon, work, feeds, ref, classifier, thresholds,
-                                          accuracy_aware, notes, samples(calib_part, inputs) if calib_part else None))
+                                          accuracy_aware, notes, fit_feeds))
 
         # ---- variants
         plan = [(label, spec, p, info, fmt, prec) for (label, spec, p, info) in sources for fmt in fmts
@@ -308,7 +312,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                     continue
                 if pinfo:
                     val.update({k: v for k, v in pinfo.items() if k.startswith("kept") or k in ("params", "refit")})
-                if (fmt_rec, prec) in _STEM_FLOAT and kw.get("float_stem", True) and "exported_from" not in val:
+                if (fmt_rec, prec) in _STEM_FLOAT and kw.get("float_stem", True) and not kw.get("palettize") \
+                        and "exported_from" not in val:
                     if label not in stem_cache:
                         stem_cache[label] = stem_nodes(onnx.load(str(src_path)))
                     if stem_cache[label]:

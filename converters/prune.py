@@ -8,8 +8,8 @@ output (He et al., "Channel Pruning for Accelerating Very Deep Neural Networks",
 removed channels moved into its bias; and magnitude / N:M pruning of pointwise Conv, Gemm and MatMul weights
 becomes SparseGPT (Frantar & Alistarh, 2023): the mask weighs magnitude by the input's energy and the weights
 left are updated to make up for the ones removed (held-out output error of EfficientNet-Lite0's expand convs
--30 to -45%). Layers so treated are listed in ``refit``. ``skip`` names layers (node names; channel groups by
-their head Conv) left unpruned.
+-30 to -45%). Layers so treated are listed in ``refit``. ``skip`` names layers (node names, an unnamed node
+by its first output; channel groups by their head Conv) left unpruned.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def candidates(model: onnx.ModelProto, spec: PruneSpec) -> list[str]:
     """Names of the layers ``prune`` would touch (for the accuracy-aware retry)."""
     if spec.kind == "channels":
         return [h for h, _ in _channel_groups(model)]
-    return [n.name for n, _, _ in _weighted(model)]
+    return [_key(n) for n, _, _ in _weighted(model)]
 
 
 def prune(model: onnx.ModelProto, spec, skip: Iterable[str] = (),
@@ -153,7 +153,7 @@ def _prune_weights(model, spec: PruneSpec, skip: set[str], grams: dict[str, np.n
     inits, uses = _inits(model), _uses(model)
     done, refit = [], []
     for node, wname, axis in _weighted(model):
-        if node.name in skip or uses.get(wname, 0) != 1:
+        if _key(node) in skip or uses.get(wname, 0) != 1:
             continue
         w = numpy_helper.to_array(inits[wname]).astype(np.float32)
         key = (wname, str(spec))
@@ -163,7 +163,7 @@ def _prune_weights(model, spec: PruneSpec, skip: set[str], grams: dict[str, np.n
         obs = cache[key]
         if obs is not None:
             w = obs
-            refit.append(node.name)
+            refit.append(_key(node))
         elif spec.kind == "magnitude":
             k = int(w.size * spec.amount)
             if k == 0:
@@ -182,7 +182,7 @@ def _prune_weights(model, spec: PruneSpec, skip: set[str], grams: dict[str, np.n
             np.put_along_axis(g, drop, 0.0, axis=1)
             w = np.moveaxis(g.reshape(w2.shape), -1, axis)
         _set(model, inits, wname, w)
-        done.append(node.name)
+        done.append(_key(node))
     nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in model.graph.initializer)
     return PruneResult(model, done, 0, nonzero, refit)
 
@@ -214,7 +214,7 @@ def _attr(node, name, default=None):
 
 
 def _channel_groups(model) -> list[tuple[str, list[tuple]]]:
-    """(head Conv name, actions) for every Conv whose output channels can be removed end to end."""
+    """(head Conv's :func:`_key`, actions) for every Conv whose output channels can be removed end to end."""
     inits, uses = _inits(model), _uses(model)
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     producer = {}
@@ -236,7 +236,7 @@ def _channel_groups(model) -> list[tuple[str, list[tuple]]]:
             continue
         actions = _trace(head, c, consumers, producer, inits, uses, outputs)
         if actions is not None:
-            groups.append((head.name, actions))
+            groups.append((_key(head), actions))
     return groups
 
 
@@ -452,7 +452,7 @@ def _prune_channels(model, ratio: float, skip: set[str], grams: dict[str, np.nda
             elif kind in ("conv_in", "fc_in"):
                 axis = 1 if kind == "conv_in" else act[2]
                 if _refit(model, inits, node, keep, axis, grams):
-                    refit.append(node.name)
+                    refit.append(_key(node))
                 else:
                     _take(model, inits, node.input[1], keep, axis)
         done.append(head_name)

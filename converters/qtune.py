@@ -326,17 +326,22 @@ def int8_grid_weights(float_model: onnx.ModelProto, feeds: Sequence[Mapping[str,
         deltas.append((n, new - w))
     deltas = [d for d in deltas if d[0].op_type != "MatMul"]     # no bias of its own (nor channels on axis 1)
     for (n, _), shift in zip(deltas, mean_output_shift(float_model, deltas, feeds, 2 * max_samples)):
-        has_bias = len(n.input) > 2 and n.input[2] in inits and uses.get(n.input[2]) == 1
-        if has_bias:
-            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        if bias is None and n.op_type == "Conv":          # a Conv without bias gets one
+            b = np.zeros(shift.shape)
+        elif bias in inits:
+            b = numpy_helper.to_array(inits[bias]).astype(np.float64)
             if b.size != shift.size:
                 continue
-            beta = float(_attr(n, "beta", 1.0)) if n.op_type == "Gemm" else 1.0
-            inits[n.input[2]].CopyFrom(numpy_helper.from_array(
-                (b - (shift / beta).reshape(b.shape)).astype(np.float32), n.input[2]))
-        elif n.op_type == "Conv":
+        else:                                               # a bias computed in the graph: left alone
+            continue
+        beta = float(_attr(n, "beta", 1.0)) if n.op_type == "Gemm" else 1.0
+        new_b = (b - (shift / beta).reshape(b.shape)).astype(np.float32)
+        if bias is not None and uses.get(bias) == 1:
+            inits[bias].CopyFrom(numpy_helper.from_array(new_b, bias))
+        else:                                               # no bias, or one shared with other nodes: its own
             name = f"{n.input[1]}_edgekit_bias"
-            m.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
+            m.graph.initializer.append(numpy_helper.from_array(new_b, name))
             while len(n.input) < 3:
                 n.input.append("")
             n.input[2] = name

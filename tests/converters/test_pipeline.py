@@ -152,6 +152,13 @@ def test_channel_pruning_refits_on_calibration_data(tmp_path, cnn_onnx):
     out = edgekit.load(tmp_path / "p", variant=v.id).run({"image": x})["probs"]
     assert out.shape == (1, 10) and abs(float(out.sum()) - 1) < 1e-5
 
+def test_no_refit_when_validation_reuses_calibration(tmp_path, cnn_onnx):
+    """With 3 calibration samples validation reuses them: pruning must not fit layers on the data it is judged on."""
+    b = edgekit.convert(cnn_onnx, tmp_path / "p", targets="onnx", quantize="fp32", prune="channels:0.5",
+                        calibration={"image": _cal((1, 3, 16, 16), n=3)}, accuracy_aware=False, progress=False)
+    assert b.variant("onnx-fp32-ch50").validation["refit"] == []
+    assert "not re-fitted" in (tmp_path / "p" / "report.md").read_text()
+
 def test_torch_module_source(tmp_path):
     torch = pytest.importorskip("torch", reason="torch extra not installed")
 

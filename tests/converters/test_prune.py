@@ -208,3 +208,24 @@ def test_weight_pruning_with_calibration_is_sparsegpt(text):
         return float(np.mean([np.square(_run(res.model, f)[0] - _run(m, f)[0]).mean() for f in held]))
 
     assert err(obs) < 0.8 * err(mag), (err(obs), err(mag))
+
+
+def test_channel_pruning_unnamed_chain():
+    """Unnamed 1x1 convs 8->16->16->4: each head is its own group (keyed by its output), so both prunable
+    heads lose half their channels and each next conv the matching inputs."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w1", (16, 8, 1, 1)), ("w2", (16, 16, 1, 1)), ("w3", (4, 16, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["y"])]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    res = prune.prune(m, "channels:0.5")
+    assert sorted(res.layers) == ["c1", "c2"] == sorted(prune.candidates(m, prune.parse_prune("channels:0.5")))
+    assert _w(res.model, "w1").shape == (8, 8, 1, 1) and _w(res.model, "w2").shape == (8, 8, 1, 1)
+    assert _w(res.model, "w3").shape == (4, 8, 1, 1)
+    assert _run(res.model, {"x": np.ones((1, 8, 4, 4), np.float32)})[0].shape == (1, 4, 4, 4)

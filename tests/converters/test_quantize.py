@@ -266,3 +266,33 @@ def test_int8_grid_weights_matmul(tmp_path):
                                         - models.ort_reference(src, {"input_ids": x})[out]).mean() for x in ids[48:]]))
 
     assert err(tuned) < err(rtn)
+
+
+def test_int8_grid_weights_shared_bias(tmp_path):
+    """Two convs sharing one bias initializer: each gets its own corrected copy; the shared values are kept."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.converters.qtune import int8_grid_weights
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype(np.float32), n) for n in ("wa", "wb")]
+    inits.append(numpy_helper.from_array(np.full(16, 3.0, np.float32), "b"))
+    nodes = [helper.make_node("Conv", ["x", "wa", "b"], ["ya"], name="A"),
+             helper.make_node("Conv", ["x", "wb", "b"], ["yb"], name="B")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16, 4, 4]) for n in ("ya", "yb")]
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                          outs, inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": x} for x in rng.standard_normal((24, 1, 8, 4, 4)).astype(np.float32)]
+    tuned, n = int8_grid_weights(model, feeds)
+    assert n == 2
+    biases = {nd.name: nd.input[2] for nd in tuned.graph.node}
+    assert biases["A"] != biases["B"]
+    vals = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    for name in ("A", "B"):
+        assert np.abs(vals[biases[name]] - 3.0).max() < 0.1          # corrected copies of the shared bias
+    src, dst = models.save(model, tmp_path / "m.onnx"), models.save(tuned, tmp_path / "t.onnx")
+    for f in feeds[:4]:
+        ref, got = models.ort_reference(src, f), models.ort_reference(dst, f)
+        for k in ("ya", "yb"):
+            assert np.abs(got[k] - ref[k]).max() < 0.05 * np.abs(ref[k]).max()
