@@ -85,7 +85,7 @@ class PruneResult:
     layers: list[str] = field(default_factory=list)      # what was pruned
     params_before: int = 0
     params_after: int = 0       # parameters left (structured) / non-zero parameters (unstructured)
-    refit: list[str] = field(default_factory=list)       # layers re-fitted by least squares (channel pruning)
+    refit: list[str] = field(default_factory=list)       # layers re-fitted on calibration data
 
 
 def _inits(model) -> dict[str, onnx.TensorProto]:
@@ -404,6 +404,8 @@ def _refit(model, inits, node, keep: np.ndarray, axis: int, grams: dict[str, np.
         new_w = new_rows if axis == 1 else new_rows.T
     inits[node.input[1]].CopyFrom(numpy_helper.from_array(new_w.astype(np.float32), node.input[1]))
     if intercept:
+        if bias is not None and _uses(model).get(bias, 0) != 1:      # shared with other nodes: this one's own
+            bias = None
         if bias is None:
             bias = f"{node.input[1]}_refit_bias"
             model.graph.initializer.append(numpy_helper.from_array(theta[-1].astype(np.float32), bias))

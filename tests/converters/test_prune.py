@@ -229,3 +229,27 @@ def test_channel_pruning_unnamed_chain():
     assert _w(res.model, "w1").shape == (8, 8, 1, 1) and _w(res.model, "w2").shape == (8, 8, 1, 1)
     assert _w(res.model, "w3").shape == (4, 8, 1, 1)
     assert _run(res.model, {"x": np.ones((1, 8, 4, 4), np.float32)})[0].shape == (1, 4, 4, 4)
+
+
+def test_channel_refit_keeps_a_shared_bias():
+    """The re-fitted layer shares its bias with another conv: it gets its own; the other conv is unchanged."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("sw", (16, 3, 3, 3)), ("ew", (8, 16, 1, 1)), ("xw", (8, 3, 1, 1)), ("shared", (8,)))]
+    nodes = [helper.make_node("Conv", ["image", "sw"], ["s"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["s"], ["sr"], name="relu"),
+             helper.make_node("Conv", ["sr", "ew", "shared"], ["y1"], name="expand"),
+             helper.make_node("Conv", ["image", "xw", "shared"], ["y2"], name="side")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 6, 6]) for n in ("y1", "y2")]
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 6, 6])],
+                          outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"image": x} for x in rng.standard_normal((32, 1, 3, 6, 6)).astype(np.float32)]
+    res = prune.prune(m, "channels:0.5", grams=prune.calibration_grams(m, "channels:0.5", feeds))
+    assert res.refit == ["expand"]
+    expand = next(n for n in res.model.graph.node if n.name == "expand")
+    assert expand.input[2] != "shared"
+    np.testing.assert_array_equal(_w(res.model, "shared"), _w(m, "shared"))
+    np.testing.assert_allclose(_run(res.model, feeds[0])[1], _run(m, feeds[0])[1], atol=1e-6)   # side unchanged
