@@ -253,3 +253,27 @@ def test_channel_refit_keeps_a_shared_bias():
     assert expand.input[2] != "shared"
     np.testing.assert_array_equal(_w(res.model, "shared"), _w(m, "shared"))
     np.testing.assert_allclose(_run(res.model, feeds[0])[1], _run(m, feeds[0])[1], atol=1e-6)   # side unchanged
+
+
+def test_channel_choice_follows_the_next_layer():
+    """Stem channels 0-7 have 10x the weights (largest L1 norm) but the next conv barely reads them: with
+    statistics the group keeps channels 8-15, which carry the output; by L1 norm alone it would keep 0-7."""
+    m = models.pointwise_cnn()
+    inits = {i.name: i for i in m.graph.initializer}
+    sw, sb, p1 = (numpy_helper.to_array(inits[n]).copy() for n in ("sw", "sb", "p1w"))
+    sw[:8] *= 10.0
+    sb[:8] *= 10.0
+    p1[:, :8] *= 1e-3
+    for name, a in (("sw", sw), ("sb", sb), ("p1w", p1)):
+        inits[name].CopyFrom(numpy_helper.from_array(a, name))
+    grams, held = _grams_and_held(m)
+    others = [h for h in prune.candidates(m, prune.parse_prune("channels:0.5")) if h != "stem"]
+    chosen = prune.prune(m, "channels:0.5", skip=others, grams=grams)
+    by_l1 = prune.prune(m, "channels:0.5", skip=others)
+    np.testing.assert_array_equal(_w(chosen.model, "sw"), sw[8:])
+    np.testing.assert_array_equal(_w(by_l1.model, "sw"), sw[:8])
+
+    def err(res) -> float:
+        return float(np.mean([np.square(_run(res.model, f)[0] - _run(m, f)[0]).mean() for f in held]))
+
+    assert err(chosen) < 0.1 * err(by_l1)
