@@ -428,8 +428,7 @@ class Embedder:
         if not chosen:
             self.bundle.best(backend)  # raises with the reasons
             raise BackendUnavailable(f"{self.bundle.path}: no variant passes validation and runs here")
-        # most accurate first; at equal accuracy a variant taking any batch before batch-1 builds
-        chosen.sort(key=lambda v: (rank_key(v)[:2], _fixed(v.inputs[0].shape[0]) is not None, rank_key(v)[2:]))
+        chosen.sort(key=rank_key)   # most accurate first; at equal accuracy any batch before batch-1 builds
         self.sessions = {v.id: self.bundle_of[v.id].load(v, backend=backend, **options) for v in chosen}
         self.order = [v.id for v in chosen]
         #: the sequence lengths each variant runs, and its fixed batch (None: any)

@@ -199,8 +199,11 @@ class Bundle:
 
 
 def rank_key(v: Variant) -> tuple:
-    """Sort key: passed first, then accuracy, then more precise, then smaller."""
-    return (not v.passed, -round(v.accuracy, 6), _PRECISION_RANK.get(v.precision, 9), bool(v.pruning), v.size)
+    """Sort key: passed first, then accuracy, then the one taking more input shapes (more dynamic dims: a
+    fixed-shape export loses to a dynamic one it ties with), then more precise, then smaller."""
+    dynamic = sum(not (isinstance(d, int) and d >= 0) for s in v.inputs for d in s.shape)
+    return (not v.passed, -round(v.accuracy, 6), -dynamic, _PRECISION_RANK.get(v.precision, 9), bool(v.pruning),
+            v.size)
 
 
 def _backend_for(v: Variant, backend: str):

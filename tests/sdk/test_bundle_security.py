@@ -71,3 +71,28 @@ def test_tvm_library_and_signature_are_both_hashed(tmp_path, tvm_mlp):
     (b / "manifest.json").write_text(json.dumps({**json.loads((b / "manifest.json").read_text()), "variants": [v]}))
     with pytest.raises(ModelLoadError, match="mlp.so is not hashed"):
         edgekit.load(b)
+
+
+def test_best_prefers_the_variant_taking_more_shapes(tmp_path, mlp_onnx):
+    """Two equally accurate fp32 variants of one MLP: a batch-1 export (smaller file) and the dynamic-batch one.
+    The default load picks the dynamic one, so a batch of 3 runs; the fixed one still loads by id."""
+    import onnx
+
+    fixed = onnx.load(str(mlp_onnx))
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    fixed.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    dyn = onnx.load(str(mlp_onnx))
+    dyn.doc_string = "dynamic batch " * 64                  # the bigger file: size alone would pick "fixed"
+    onnx.save(dyn, str(tmp_path / "dyn.onnx"))
+    with BundleWriter(tmp_path / "b") as w:
+        for vid, path in (("fixed", tmp_path / "fixed.onnx"), ("dyn", tmp_path / "dyn.onnx")):
+            sess = edgekit.load(path)
+            w.add_variant(vid, "onnx", "fp32", path, sess.inputs, sess.outputs,
+                          validation={"passed": True, "cosine": 1.0})
+    b = edgekit.Bundle(tmp_path / "b")
+    assert b.variant("fixed").size < b.variant("dyn").size
+    sess = edgekit.load(tmp_path / "b")
+    assert sess.variant == "dyn"
+    assert sess.run({"x": np.ones((3, 16), np.float32)})["logits"].shape == (3, 10)
+    assert edgekit.load(tmp_path / "b", variant="fixed").inputs[0].shape[0] == 1
