@@ -22,6 +22,14 @@ def _w(rng, *shape, scale=0.3) -> np.ndarray:
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def float_graph(name: str, nodes, inputs: dict[str, list], outputs: dict[str, list], inits) -> onnx.ModelProto:
+    """A checked model from ``nodes`` with float inputs/outputs {name: shape} and initializers ``inits``."""
+    def io(specs):
+        return [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in specs.items()]
+
+    return _model(helper.make_graph(nodes, name, io(inputs), io(outputs), inits))
+
+
 def mlp(batch: int | str = "N", d_in: int = 16, d_hidden: int = 32, d_out: int = 10, seed: int = 0):
     """x[batch, d_in] -> Gemm -> Relu -> Gemm -> logits[batch, d_out]."""
     rng = np.random.default_rng(seed)

@@ -213,7 +213,7 @@ def test_weight_pruning_with_calibration_is_sparsegpt(text):
 def test_channel_pruning_unnamed_chain():
     """Unnamed 1x1 convs 8->16->16->4: each head is its own group (keyed by its output), so both prunable
     heads lose half their channels and each next conv the matching inputs."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
@@ -221,9 +221,7 @@ def test_channel_pruning_unnamed_chain():
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2"], ["c2"]), helper.make_node("Relu", ["c2"], ["r2"]),
              helper.make_node("Conv", ["r2", "w3"], ["y"])]
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = models.float_graph("chain", nodes, {"x": [1, 8, 4, 4]}, {"y": [1, 4, 4, 4]}, inits)
     res = prune.prune(m, "channels:0.5")
     assert sorted(res.layers) == ["c1", "c2"] == sorted(prune.candidates(m, prune.parse_prune("channels:0.5")))
     assert _w(res.model, "w1").shape == (8, 8, 1, 1) and _w(res.model, "w2").shape == (8, 8, 1, 1)
@@ -233,7 +231,7 @@ def test_channel_pruning_unnamed_chain():
 
 def test_channel_refit_keeps_a_shared_bias():
     """The re-fitted layer shares its bias with another conv: it gets its own; the other conv is unchanged."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
@@ -242,10 +240,7 @@ def test_channel_refit_keeps_a_shared_bias():
              helper.make_node("Relu", ["s"], ["sr"], name="relu"),
              helper.make_node("Conv", ["sr", "ew", "shared"], ["y1"], name="expand"),
              helper.make_node("Conv", ["image", "xw", "shared"], ["y2"], name="side")]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 6, 6]) for n in ("y1", "y2")]
-    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 6, 6])],
-                          outs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = models.float_graph("shared", nodes, {"image": [1, 3, 6, 6]}, {"y1": [1, 8, 6, 6], "y2": [1, 8, 6, 6]}, inits)
     feeds = [{"image": x} for x in rng.standard_normal((32, 1, 3, 6, 6)).astype(np.float32)]
     res = prune.prune(m, "channels:0.5", grams=prune.calibration_grams(m, "channels:0.5", feeds))
     assert res.refit == ["expand"]

@@ -270,7 +270,7 @@ def test_int8_grid_weights_matmul(tmp_path):
 
 def test_int8_grid_weights_shared_bias(tmp_path):
     """Two convs sharing one bias initializer: each gets its own corrected copy; the shared values are kept."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from edgekit.converters.qtune import int8_grid_weights
 
@@ -279,10 +279,8 @@ def test_int8_grid_weights_shared_bias(tmp_path):
     inits.append(numpy_helper.from_array(np.full(16, 3.0, np.float32), "b"))
     nodes = [helper.make_node("Conv", ["x", "wa", "b"], ["ya"], name="A"),
              helper.make_node("Conv", ["x", "wb", "b"], ["yb"], name="B")]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16, 4, 4]) for n in ("ya", "yb")]
-    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
-                          outs, inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = models.float_graph("shared", nodes, {"x": [1, 8, 4, 4]}, {"ya": [1, 16, 4, 4], "yb": [1, 16, 4, 4]},
+                               inits)
     feeds = [{"x": x} for x in rng.standard_normal((24, 1, 8, 4, 4)).astype(np.float32)]
     tuned, n = int8_grid_weights(model, feeds)
     assert n == 2
