@@ -45,15 +45,17 @@ def mlp(batch: int | str = "N", d_in: int = 16, d_hidden: int = 32, d_out: int =
     return _model(g)
 
 
-def cnn(batch: int = 1, channels: int = 3, size: int = 16, classes: int = 10, seed: int = 0):
-    """image[1,3,16,16] -> Conv/Relu x2 -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
+def cnn(batch: int = 1, channels: int = 3, size: int = 16, classes: int = 10, seed: int = 0,
+        weights: dict[str, np.ndarray] | None = None):
+    """image[1,3,16,16] -> Conv/Relu x2 -> GlobalAveragePool -> Flatten -> Gemm -> Softmax.
+
+    Random weights by default (its output hardly depends on a random-normal input: use :func:`digits_cnn` where a
+    test must tell a working variant from one that ignores its input); ``weights`` {c1w, c1b, c2w, c2b, fw, fb}."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_w(rng, 8, channels, 3, 3), "c1w"),
-             numpy_helper.from_array(_w(rng, 8, scale=0.1), "c1b"),
-             numpy_helper.from_array(_w(rng, 16, 8, 3, 3, scale=0.2), "c2w"),
-             numpy_helper.from_array(_w(rng, 16, scale=0.1), "c2b"),
-             numpy_helper.from_array(_w(rng, classes, 16), "fw"),
-             numpy_helper.from_array(_w(rng, classes, scale=0.1), "fb")]
+    w = weights or {"c1w": _w(rng, 8, channels, 3, 3), "c1b": _w(rng, 8, scale=0.1),
+                    "c2w": _w(rng, 16, 8, 3, 3, scale=0.2), "c2b": _w(rng, 16, scale=0.1),
+                    "fw": _w(rng, classes, 16), "fb": _w(rng, classes, scale=0.1)}
+    inits = [numpy_helper.from_array(np.asarray(w[k], np.float32), k) for k in ("c1w", "c1b", "c2w", "c2b", "fw", "fb")]
     nodes = [
         helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -68,6 +70,51 @@ def cnn(batch: int = 1, channels: int = 3, size: int = 16, classes: int = 10, se
         nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, size, size])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])], inits)
     return _model(g)
+
+
+DIGITS_TRAIN = 1200   #: digits_images rows [0, DIGITS_TRAIN) train digits_cnn; the rest are held out for tests
+
+
+def digits_images(start: int = DIGITS_TRAIN, n: int = 64) -> np.ndarray:
+    """scikit-learn's bundled 8x8 digits, rows [start, start + n), as [n, 3, 16, 16] float32 in [-1, 1]
+    (each pixel repeated 2x2, the grey image in all three channels)."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[start:start + n].astype(np.float32) / 8.0 - 1.0
+    x = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1))
+
+
+def digits_labels(start: int = DIGITS_TRAIN, n: int = 64) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().target[start:start + n]
+
+
+def digits_cnn(steps: int = 300, seed: int = 0):
+    """:func:`cnn` trained on the digits (rows [0, DIGITS_TRAIN)) with PyTorch, full-batch Adam, one thread, a few
+    seconds: its output depends strongly on its input (held-out accuracy ~0.9, confident softmax), so a variant
+    that ignores its input or scrambles it fails a top-1 check."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.ReLU(),
+                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+        x = torch.from_numpy(digits_images(0, DIGITS_TRAIN))
+        y = torch.from_numpy(digits_labels(0, DIGITS_TRAIN)).long()
+        opt = torch.optim.Adam(net.parameters(), lr=0.02)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    p = [t.detach().numpy() for t in net.parameters()]
+    return cnn(weights=dict(zip(("c1w", "c1b", "c2w", "c2b", "fw", "fb"), p)))
 
 
 def pointwise_cnn(seed: int = 0):
@@ -219,3 +266,32 @@ def run_in_threads(work, args) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def tiny_tflite(path: Path, n: int = 4) -> Path:
+    """A hand-built .tflite (no converter): y[1, n] = x[1, n] + [0, 1, ..., n-1] (one ADD op, float32)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as s
+
+    def tensor(name: str, buf: int):
+        t = s.TensorT()
+        t.shape, t.type, t.buffer, t.name = [1, n], s.TensorType.FLOAT32, buf, name
+        return t
+
+    code = s.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.ADD
+    code.version = 1
+    const = s.BufferT()
+    const.data = np.arange(n, dtype=np.float32).tobytes()
+    op = s.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 2], [1]
+    op.builtinOptionsType, op.builtinOptions = s.BuiltinOptions.AddOptions, s.AddOptionsT()
+    sg = s.SubGraphT()
+    sg.tensors, sg.operators, sg.inputs, sg.outputs = [tensor("x", 1), tensor("y", 2), tensor("c", 3)], [op], [0], [1]
+    m = s.ModelT()
+    m.version, m.operatorCodes, m.subgraphs = 3, [code], [sg]
+    m.buffers = [s.BufferT(), s.BufferT(), s.BufferT(), const]
+    fb = flatbuffers.Builder(0)
+    fb.Finish(m.Pack(fb), file_identifier=b"TFL3")
+    Path(path).write_bytes(bytes(fb.Output()))
+    return Path(path)
