@@ -135,3 +135,9 @@ def validate(path: Path, fmt: str, feeds: Sequence[dict], ref: Outputs, src_inpu
     m = judge(metrics(ref, got, is_classifier(src_outputs)), cosine_threshold, top1_threshold)
     m["method"] = method
     return m
+
+
+def compare(ref: Outputs, got: Outputs, src_outputs: Sequence[TensorSpec], cosine_threshold: float = 0.99,
+            top1_threshold: float = 0.98) -> dict:
+    """Metrics and verdict in one call, for callers that already have the variant's outputs."""
+    return judge(metrics(ref, got, is_classifier(src_outputs)), cosine_threshold, top1_threshold)
