@@ -269,7 +269,7 @@ def build_tflite(model, onnx_src: Path, work: Path, buckets: Sequence[int], prog
     from tqdm import tqdm
 
     from edgekit.converters.export_tflite import dynamic_range_int8, export_torch_signatures
-    from edgekit.converters.validate import judge, metrics, run_artifact, run_onnx
+    from edgekit.converters.validate import compare, run_artifact, run_onnx
     from edgekit.specs import TensorSpec
 
     work.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,7 @@ def build_tflite(model, onnx_src: Path, work: Path, buckets: Sequence[int], prog
                 dynamic_range_int8(work / "minilm-fp32.tflite", path, force=True)
             secs = time.perf_counter() - t0
             got, method = run_artifact(path, "tflite", feeds, src_in, src_out)
-            val = judge(metrics(ref, got, classifier=False), 0.99, 0.98)
+            val = compare(ref, got, src_out, 0.99, 0.98, tasks={OUTPUT: None})   # an embedding, not class scores
             val["cosine_min_by_seq_len"] = {
                 str(n): round(float(min(_cos(r[0], g[0]) for r, g in zip(ref[a:b], got[a:b]))), 6)
                 for n, (a, b) in per_len.items()}

@@ -106,9 +106,9 @@ def rank_by_single(candidates: Sequence[str], score_only: Callable[[str], float]
 
 
 def _score(m: dict) -> tuple[float, float]:
-    """What a retry tries to raise: top-1 agreement (where measured), then cosine."""
-    top1 = m.get("top1")
-    return (1.0 if top1 is None else float(top1), float(m.get("cosine", -1.0)))
+    """What a retry tries to raise: top-1 agreement (where measured), then cosine (where measured)."""
+    top1, cos = m.get("top1"), m.get("cosine")
+    return (1.0 if top1 is None else float(top1), 1.0 if cos is None else float(cos))
 
 
 def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fraction: float = 0.5,
