@@ -1,7 +1,8 @@
 """Calibration and validation data: a .npz (first axis = samples), a dict of arrays, or a folder of images.
 
 A sample of an input with spec ``[1, 3, 32, 32]`` is ``arr[i:i+1]`` of an array ``[N, 3, 32, 32]``; an input
-without a leading batch dim (``[2, 3]``) takes ``arr[i]`` of ``[N, 2, 3]``. Image folders are resized and
+with a fixed batch ``b > 1`` (``[2, 3]``) takes ``arr[i]`` of ``[N, 2, 3]``, or ``b`` consecutive rows of an array
+``[N * b, 3]``: every sample feeds exactly the batch the model takes. Image folders are resized and
 normalized with a preprocessing spec (size, mean, std, layout, scale).
 """
 
@@ -100,7 +101,7 @@ def check_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]
     out: dict[str, np.ndarray] = {}
     counts = set()
     for spec in inputs:
-        arr = np.asarray(arrays[spec.name])
+        arr = _batched(np.asarray(arrays[spec.name]), spec, where)
         rank = len(spec.shape)
         if arr.ndim == rank + 1:
             per = arr.shape[1:]
@@ -126,6 +127,18 @@ def check_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]
     if counts == {0}:
         raise InputError(f"{where}: no samples")
     return out
+
+
+def _batched(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    """Rows ``[N * b, ...]`` for an input with a fixed batch ``b > 1`` become samples ``[N, b, ...]`` (each sample
+    feeds the model's whole batch); other arrays are returned unchanged."""
+    lead = spec.shape[0] if spec.shape else None
+    if not (isinstance(lead, int) and lead > 1 and arr.ndim == len(spec.shape)):
+        return arr
+    if arr.shape[0] % lead:
+        raise InputError(f"{where}: array {spec.name!r} has {arr.shape[0]} rows; the input takes a batch of {lead}, "
+                         f"so give a multiple of {lead} rows (or [N, {lead}, ...] samples)")
+    return arr.reshape((arr.shape[0] // lead, lead) + arr.shape[1:])
 
 
 def n_samples(calib: Mapping[str, np.ndarray]) -> int:
@@ -164,7 +177,7 @@ def synthetic(inputs: Sequence[TensorSpec], n: int = 16, seed: int = 1234) -> di
             if np.dtype(s.dtype).kind in "iu":
                 v = np.random.default_rng(seed + i).integers(0, 100, size=v.shape).astype(s.dtype)
             out[s.name].append(v)
-    return {k: np.concatenate(v, 0) if v and v[0].ndim else np.stack(v) for k, v in out.items()}
+    return {k: np.stack(v) for k, v in out.items()}     # [n, *shape]: a static batch > 1 stays one sample
 
 
 def _from_images(folder: Path, inputs: Sequence[TensorSpec], pre: Preprocess,
