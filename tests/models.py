@@ -357,13 +357,13 @@ def classifier_pair(broken: str | None = None, seed: int = 0):
 
 
 def text_map(broken: str | None = None):
-    """x[1,1,16,16] (text: blocks of 1) -> 3x3 box Conv -> Sigmoid: ~1e-8 where x is 0, ~1 on the blocks."""
+    """x[1,1,16,16] (text: blocks of 1) -> 3x3 box Conv -> Sigmoid: ~1e-7 where x is ~0, ~1 on the blocks."""
     w = np.full((1, 1, 3, 3), 40 / 9, np.float32)
     m, inits = _plant("s", "map", broken, 16, 3)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Sigmoid", ["c"], ["s"])]
     return float_graph("text_map", nodes + m, {"x": [1, 1, 16, 16]}, {"map": [1, 1, 16, 16]},
-                       [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([-18.4], np.float32), "B")]
+                       [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([-17.0], np.float32), "B")]
                        + inits)
 
 
