@@ -12,7 +12,7 @@ import pytest
 
 from edgekit.converters import validate as V
 from edgekit.converters.canonical import io_specs
-from edgekit.converters.quantize import quantize, to_fp16  # noqa: F401 - quantize: int8 cases below
+from edgekit.converters.quantize import quantize, to_fp16
 from edgekit.errors import ConversionError
 
 import models
@@ -137,3 +137,147 @@ def test_segmentation_and_ctc_outputs_are_judged_by_their_task(tmp_path):
     assert not bad["passed"]
     assert bad["outputs"]["seg"]["pixel_agreement"] < 0.5 and "pixel_agreement" in bad["outputs"]["seg"]["failed"]
     assert bad["outputs"]["ctc"]["sequence"] < 0.5 and "sequence" in bad["outputs"]["ctc"]["failed"]
+
+
+@pytest.mark.parametrize("builder", [models.classifier_pair, models.echo_big_small])
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_real_fp16_and_static_int8_conversions_pass(tmp_path, builder, precision):
+    src = builder()
+    src_path = models.save(src, tmp_path / "src.onnx")
+    ins = io_specs(src)[0]
+    cal = _feeds(src, n=24, seed=1, ids_high=30000)
+    variant = quantize(src_path, tmp_path / f"{precision}.onnx", precision, {k: np.concatenate([f[k] for f in cal])
+                                                                            for k in cal[0]}, ins)
+    m = _validate(tmp_path, src, variant, _feeds(src, seed=2))
+    assert m["passed"], m["decided_by"]
+    limit = 1e-3 if precision == "fp16" else 0.01      # measured: fp16 <= 1e-4, int8 <= 0.009 of the range (mean)
+    assert all(f["kind"] == "int" or f["mean_rel_err"] < limit for f in m["outputs"].values())
+
+
+def _pair_outputs(tmp_path, n: int = 8):
+    src = models.classifier_pair()
+    feeds = _feeds(src, n=n)
+    return V.run_onnx(models.save(src, tmp_path / "pair.onnx"), feeds), io_specs(src)[1]
+
+
+def test_a_scaled_output_keeps_its_cosine_but_fails_the_error_bound(tmp_path):
+    ref, outs = _pair_outputs(tmp_path)
+    got = [[r[0], r[1] * 1.5] for r in ref]
+    m = V.compare(ref, got, outs)
+    aux = m["outputs"]["aux"]
+    assert aux["cosine"] == pytest.approx(1.0, abs=1e-9) and aux["top1"] == 1.0
+    assert not m["passed"] and aux["failed"] == ["mean_rel_err"] and m["decided_by"]["metric"] == "mean_rel_err"
+    assert aux["mean_rel_err"] == pytest.approx(0.5 * np.mean([np.abs(r[1]).mean() for r in ref])
+                                                / np.ptp(np.concatenate([r[1] for r in ref])), rel=1e-6)
+    loose = V.compare(ref, got, outs, thresholds=V.Thresholds(mean_rel_err=1.0, rel_err=2.0))
+    assert loose["passed"] and loose["thresholds"]["mean_rel_err"] == 1.0
+
+
+def test_thresholds_given_as_arguments_override_the_dataclass(tmp_path):
+    ref, outs = _pair_outputs(tmp_path)
+    got = [[r[0] + np.float32(0.05) * np.random.default_rng(0).standard_normal(r[0].shape), r[1]] for r in ref]
+    m = V.compare(ref, got, outs)
+    cos = m["outputs"]["logits"]["cosine"]
+    assert 0.99 < cos < 1.0 and m["passed"]
+    strict = V.compare(ref, got, outs, cosine_threshold=(cos + 1.0) / 2, thresholds=V.Thresholds(cosine=0.5))
+    assert not strict["passed"] and strict["outputs"]["logits"]["failed"] == ["cosine"]
+    assert strict["decided_by"] == {"output": "logits", "metric": "cosine", "value": cos,
+                                    "threshold": (cos + 1.0) / 2}
+    assert V.judge(V.metrics(ref, got, outs), thresholds=V.Thresholds(cosine=(cos + 1.0) / 2))["passed"] is False
+    assert V.judge(V.metrics(ref, got, outs), top1_threshold=1.01)["outputs"]["aux"]["failed"] == ["top1"]
+
+
+def test_nan_counts_as_an_error_unless_the_source_has_it_too(tmp_path):
+    ref, outs = _pair_outputs(tmp_path, n=3)
+    got = [[r[0].copy(), r[1].copy()] for r in ref]
+    got[1][1][0, 0] = np.nan
+    m = V.compare(ref, got, outs)
+    assert not m["passed"] and m["outputs"]["aux"]["max_abs"] == np.inf and m["decided_by"]["output"] == "aux"
+    ref[1][1][0, 0] = np.nan
+    assert V.compare(ref, got, outs)["passed"]
+
+
+def test_shapes_counts_and_sizes_are_checked(tmp_path):
+    ref, outs = _pair_outputs(tmp_path, n=3)
+    flat = [[r[0].ravel(), r[1]] for r in ref]                # same size, other shape: compared as the source's
+    assert V.compare(ref, flat, outs)["passed"]
+    with pytest.raises(ConversionError, match="'aux' has shape \\[1, 3\\]"):
+        V.compare(ref, [[r[0], np.zeros((1, 3), np.float32)] for r in ref], outs)
+    with pytest.raises(ConversionError, match="2 results for 3 samples"):
+        V.compare(ref, ref[:2], outs)
+    with pytest.raises(ConversionError, match="1 outputs, the source 2"):
+        V.compare(ref, [[r[0]] for r in ref], outs)
+    with pytest.raises(ConversionError, match="0 results for 0 samples"):
+        V.compare([], [], outs)
+
+
+def test_tasks_can_be_overridden_and_unnamed_outputs_get_names(tmp_path):
+    ref, outs = _pair_outputs(tmp_path, n=3)
+    m = V.compare(ref, ref, outs, tasks={"logits": None})
+    assert m["task"] == {"aux": "classifier"} and m["outputs"]["logits"].get("top1") is None and m["top1"] == 1.0
+    legacy = V.judge(V.metrics(ref, ref, True), 0.99, 0.98)     # older callers passed a classifier flag
+    assert legacy["passed"] and set(legacy["outputs"]) == {"output0", "output1"}
+    assert V.compare(ref, ref, outs[:1])["decided_by"]["output"] in ("logits", "output1")
+
+
+def test_undecided_rows_are_left_out_of_top1(tmp_path):
+    ref, outs = _pair_outputs(tmp_path, n=4)
+    tied = [[r[0], np.repeat(r[1][:, :1], 2, axis=1)] for r in ref]        # aux: both classes equal everywhere
+    flipped = [[r[0], r[1] + np.float32(1e-6) * np.array([[1.0, -1.0]], np.float32)] for r in tied]
+    m = V.compare(tied, flipped, outs)
+    assert m["outputs"]["aux"]["top1"] is None and m["top1"] == m["outputs"]["logits"]["top1"] == 1.0
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("make,task", [
+    (lambda r: r.standard_normal((2, 10)), "classifier"),
+    (lambda r: np.concatenate([r.uniform(0, 640, (1, 4, 80)), r.uniform(0, 1, (1, 3, 80))], 1), "detector"),
+    (lambda r: np.concatenate([r.uniform(0, 640, (1, 80, 4)), r.uniform(0, 1, (1, 80, 3))], 2), "detector"),
+    (lambda r: np.concatenate([r.uniform(0, 640, (1, 80, 4)), r.uniform(0, 2, (1, 80, 3))], 2), None),
+    (lambda r: np.concatenate([r.uniform(0, 640, (1, 4, 4)), r.uniform(0, 1, (1, 4, 4))], 2), None),
+    (lambda r: r.uniform(0, 1, (1, 4, 80)), None),                                      # 4 features: no boxes
+    (lambda r: r.uniform(0, 1, (1, 7, 63)), None),                                      # too few anchors
+    (lambda r: _softmax(r.standard_normal((1, 12, 20))), "ctc"),
+    (lambda r: np.log(_softmax(r.standard_normal((1, 60, 20)))), "ctc"),
+    (lambda r: _softmax(r.standard_normal((1, 12, 9))), None),                          # V < 10
+    (lambda r: r.uniform(0, 1, (1, 12, 20)), None),                                     # rows do not sum to 1
+    (lambda r: -r.uniform(0, 1, (1, 12, 20)), None),
+    (lambda r: r.standard_normal((1, 12, 20)), None),
+    (lambda r: r.standard_normal((1, 4, 8, 8)), "segmentation"),
+    (lambda r: r.uniform(0, 1, (1, 1, 8, 8)), "text-map"),
+    (lambda r: r.uniform(0, 1.1, (1, 1, 8, 8)), None),
+    (lambda r: r.uniform(-0.1, 1, (1, 1, 8, 8)), None),
+    (lambda r: r.standard_normal((2, 1)), None),
+    (lambda r: r.standard_normal((5,)), None),
+    (lambda r: np.zeros((2, 0)), None),
+    (lambda r: r.integers(0, 5, (2, 10)), None),
+])
+def test_the_task_of_an_output_is_inferred_from_its_shape_and_values(make, task):
+    rng = np.random.default_rng(0)
+    assert V.infer_task([make(rng), make(rng)]) == task
+
+
+def test_an_artifact_that_does_not_run_is_a_conversion_error(tmp_path):
+    src = models.classifier_pair()
+    bad = tmp_path / "variant.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(ConversionError, match="variant.onnx: the exported onnx artifact does not run"):
+        _validate(tmp_path, src, bad, _feeds(src, n=2))
+
+
+def test_integer_outputs_given_as_floats_or_bools_are_compared_exactly():
+    ids = [np.array([[3, 7, 30000]], np.int64), np.array([[1, 2, 3]], np.int64)]
+    as_float = [[i.astype(np.float32) + np.float32(0.2)] for i in ids]      # rounded before comparing
+    assert V.compare([[i] for i in ids], as_float, None)["passed"]
+    off = [[i.astype(np.float32) + np.float32(0.7)] for i in ids]
+    m = V.compare([[i] for i in ids], off, None)
+    assert not m["passed"] and m["outputs"]["output0"]["mismatch"] == 1.0 and m["cosine"] is None
+    masks = [[np.array([[True, False, True, True]])], [np.array([[False, False, True, True]])]]
+    got = [[masks[0][0]], [~masks[1][0]]]
+    m = V.compare(masks, got, None)
+    assert m["outputs"]["output0"]["mismatch"] == 0.5 and m["outputs"]["output0"]["max_abs"] == 1.0
+    assert m["outputs"]["output0"]["mean_abs"] == 0.5 and not m["passed"]
