@@ -1,10 +1,12 @@
 """Online latency model and variant choice for budgeted runs.
 
-Every variant keeps a sliding window of its recent latencies. A device-wide *load factor* (the median,
-over the last few calls of any variant, of observed latency / that variant's unloaded median) tells how
-much slower the device is now than when it was profiled (thermal throttling, other processes). Variants do
-not all slow down alike (a big matmul suffers more from a lost core than a small one), so each variant also
-learns a *correction* from its trial runs and probes: how far its latency strays from the uniform scaling.
+Every variant keeps a sliding window of its latencies since it was last chosen, held sorted (insertion and
+eviction by bisection), so a tail quantile costs O(1) to read and a call costs microseconds. A device-wide
+*load factor* (the median, over the last few calls of any variant, of observed latency / that variant's
+unloaded median) tells how much slower the device is now than when it was profiled (thermal throttling,
+other processes). Variants do not all slow down alike (a big matmul suffers more from a lost core than a
+small one), so each variant also learns a *correction* from its probes and its first runs after an upgrade
+(when the load factor is settled): how far its latency strays from the uniform scaling.
 
 Prediction of a variant's tail latency: for the variant in use, the ``quantile`` of its samples since it was
 chosen (once there are ``min_samples``; before that, the larger of its scaled profile and the median of
@@ -13,21 +15,21 @@ current tail excess (quantile minus median of the variant in use: preemption add
 multiply it).
 
 Choice: the most accurate variant whose predicted tail fits the budget. Moving *down* (to a faster variant)
-is immediate once the current one is predicted to miss, or after two misses in a row. Moving *up* needs a
-margin (the better variant must be predicted to fit ``budget * (1 - margin)``) and a minimum dwell on the
-current variant; an upgrade that fails soon after doubles the dwell (up to 8x), so the choice does not flap.
-Every ``probe_every`` calls one other variant predicted to fit (with the margin) is run once, so its
-correction stays current.
+is immediate once the current one is predicted to miss, or after two misses in a row, but only to a variant
+predicted faster by more than the noise (``hysteresis``: a relative difference): two variants of nearly
+equal speed miss alike, so trading one for the other only flaps. Moving *up* needs a margin (the better
+variant must be predicted to fit ``budget * (1 - margin)``) and a minimum dwell on the current variant; an
+upgrade that fails soon after doubles the dwell (up to 8x). Every ``probe_every`` calls one other variant
+predicted to fit (with the margin) is run once, so its correction stays current.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass
@@ -40,25 +42,49 @@ class Decision:
     probe: bool = False
 
 
-class LatencyWindow:
-    """The last ``size`` latencies of one variant, each stamped with the call index it was taken at."""
+class SortedWindow:
+    """The last ``size`` values in arrival order, also kept sorted: add in O(log n) search, quantiles in O(1)."""
 
-    def __init__(self, size: int = 32):
-        self._samples: deque[tuple[int, float]] = deque(maxlen=size)
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"window size must be >= 1, got {size}")
+        self.size = size
+        self._fifo: deque[float] = deque()
+        self._sorted: list[float] = []
 
-    def add(self, call: int, ms: float) -> None:
-        self._samples.append((call, float(ms)))
+    def add(self, value: float) -> None:
+        if len(self._fifo) == self.size:
+            del self._sorted[bisect_left(self._sorted, self._fifo.popleft())]
+        self._fifo.append(value)
+        insort(self._sorted, value)
 
-    def fresh(self, now: int, horizon: int) -> list[float]:
-        """Latencies taken within the last ``horizon`` calls."""
-        return [ms for c, ms in self._samples if now - c <= horizon]
+    def clear(self) -> None:
+        self._fifo.clear()
+        self._sorted.clear()
 
-    @property
-    def last_call(self) -> int | None:
-        return self._samples[-1][0] if self._samples else None
+    def quantile(self, q: float) -> float:
+        """Linear interpolation between closest ranks (numpy's default method); the window must not be empty."""
+        s = self._sorted
+        pos = q * (len(s) - 1)
+        lo = int(pos)
+        if lo + 1 >= len(s):
+            return s[-1]
+        return s[lo] + (s[lo + 1] - s[lo]) * (pos - lo)
 
     def __len__(self) -> int:
-        return len(self._samples)
+        return len(self._fifo)
+
+
+class LatencyWindow(SortedWindow):
+    """One variant's latencies since it was last chosen, and the call index of its latest run (for probes)."""
+
+    def __init__(self, size: int = 32):
+        super().__init__(size)
+        self.last_call: int | None = None
+
+    def record(self, call: int, ms: float) -> None:
+        self.add(float(ms))
+        self.last_call = call
 
 
 def tail_key(quantile: float) -> str:
@@ -76,22 +102,28 @@ class LatencyModel:
 
     def __init__(self, order: Sequence[str], baseline: Mapping[str, Mapping[str, float]], quantile: float = 0.95,
                  window: int = 32, horizon: int = 200, min_samples: int = 4, margin: float = 0.15,
-                 dwell: int = 20, probe_every: int = 50, load_window: int = 8, learn_rate: float = 0.5):
+                 dwell: int = 20, probe_every: int = 50, load_window: int = 8, learn_rate: float = 0.5,
+                 hysteresis: float = 0.1):
         if not order:
             raise ValueError("LatencyModel needs at least one variant")
         if not 0.5 <= quantile < 1.0:
             raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
         self.order = list(order)
+        self._rank = {v: i for i, v in enumerate(self.order)}
         self.quantile = quantile
         self._tail_key = tail_key(quantile)
         self.base_p50 = {v: max(float(baseline[v]["p50_ms"]), 1e-6) for v in self.order}
         self.base_tail = {v: max(float(baseline[v].get(self._tail_key, baseline[v]["p50_ms"])), self.base_p50[v])
                           for v in self.order}
+        self._base_excess = min(self.base_tail[v] - self.base_p50[v] for v in self.order)
         self.windows = {v: LatencyWindow(window) for v in self.order}
         self.log_corr = dict.fromkeys(self.order, 0.0)
+        self._corr = dict.fromkeys(self.order, 1.0)
         self.horizon, self.min_samples, self.margin, self.learn_rate = horizon, min_samples, margin, learn_rate
+        self.hysteresis = hysteresis
+        self._fade = 1.0 - 1.0 / (2 * horizon)
         self.base_dwell, self.dwell, self.probe_every = dwell, dwell, probe_every
-        self._ratios: deque[float] = deque(maxlen=load_window)
+        self._ratios = SortedWindow(load_window)
         self.calls = 0
         self.current: str | None = None
         self.switches = 0
@@ -106,11 +138,11 @@ class LatencyModel:
         """How much slower than profiled the device runs now (1.0 = as profiled)."""
         if not self._ratios:
             return 1.0
-        return float(min(max(np.median(self._ratios), 0.05), 1e4))
+        return min(max(self._ratios.quantile(0.5), 0.05), 1e4)
 
     def correction(self, vid: str) -> float:
         """How much slower ``vid`` runs than the load factor alone predicts (learned from its trials)."""
-        return math.exp(self.log_corr[vid])
+        return self._corr[vid]
 
     def jitter(self) -> float:
         """The device's current tail excess (ms): quantile minus median of the variant in use.
@@ -121,73 +153,87 @@ class LatencyModel:
         """
         cur = self.current
         if cur is not None:
-            own = self.windows[cur].fresh(self.calls, self.calls - self._switched_at)
+            own = self.windows[cur]
             if len(own) >= self.min_samples:
-                return max(float(np.quantile(own, self.quantile) - np.median(own)), 0.0)
-        return min(self.base_tail[v] - self.base_p50[v] for v in self.order)
+                return max(own.quantile(self.quantile) - own.quantile(0.5), 0.0)
+        return self._base_excess
 
-    def _scaled(self, vid: str) -> float:
-        median = self.base_p50[vid] * self.load_factor() * self.correction(vid)
+    def _scaled(self, vid: str, load: float, jitter: float) -> float:
+        median = self.base_p50[vid] * load * self._corr[vid]
         # the excess is capped at the median itself: right after a change of load the window of the variant in
         # use mixes two levels, and that step is not jitter
-        return median + min(self.jitter(), median)
+        return median + min(jitter, median)
+
+    def _predict(self, vid: str, load: float, jitter: float) -> float:
+        if vid == self.current:
+            own = self.windows[vid]
+            if len(own) >= self.min_samples:
+                return own.quantile(self.quantile)
+            scaled = self._scaled(vid, load, jitter)
+            return max(scaled, own.quantile(0.5)) if len(own) else scaled
+        return self._scaled(vid, load, jitter)
 
     def predict(self, vid: str) -> float:
         """Predicted tail latency (ms) of ``vid`` at the current load."""
-        if vid == self.current:
-            own = self.windows[vid].fresh(self.calls, self.calls - self._switched_at)
-            if len(own) >= self.min_samples:
-                return float(np.quantile(own, self.quantile))
-            return max(self._scaled(vid), float(np.median(own))) if own else self._scaled(vid)
-        return self._scaled(vid)
+        return self._predict(vid, self.load_factor(), self.jitter())
 
     def predictions(self) -> dict[str, float]:
-        return {v: self.predict(v) for v in self.order}
+        load, jitter = self.load_factor(), self.jitter()
+        return {v: self._predict(v, load, jitter) for v in self.order}
 
     # -- choice -----------------------------------------------------------------------------------
-    def choose(self, budget_ms: float) -> Decision:
-        """The variant to run next under ``budget_ms`` (see the module docstring for the rules)."""
-        preds = self.predictions()
+    def _target(self, preds: Mapping[str, float], budget_ms: float) -> tuple[str, bool]:
+        """The variant the rules pick (before hysteresis) and whether it is predicted to fit."""
         cur = self.current
-        cur_rank = self.order.index(cur) if cur is not None else len(self.order)
-        target = None
+        cur_rank = self._rank[cur] if cur is not None else len(self.order)
         for rank, v in enumerate(self.order):
             if cur is not None and rank < cur_rank:  # an upgrade: margin and dwell
                 if preds[v] <= budget_ms * (1.0 - self.margin) and self._since_switch >= self.dwell:
-                    target = v
-                    break
+                    return v, True
             elif preds[v] <= budget_ms and not (v == cur and self._miss_streak >= 2):
-                target = v
-                break
-        fits = target is not None
-        if target is None:  # nothing fits: the fastest by prediction
-            target = min(self.order, key=lambda v: preds[v])
+                return v, True
+        return min(self.order, key=preds.__getitem__), False  # nothing fits: the fastest by prediction
+
+    def choose(self, budget_ms: float) -> Decision:
+        """The variant to run next under ``budget_ms`` (see the module docstring for the rules)."""
+        load, jitter = self.load_factor(), self.jitter()
+        preds = {v: self._predict(v, load, jitter) for v in self.order}
+        cur = self.current
+        target, fits = self._target(preds, budget_ms)
+        if cur is not None and self._rank[target] > self._rank[cur] and \
+                self._scaled(target, load, jitter) > (1.0 - self.hysteresis) * self._scaled(cur, load, jitter):
+            # on the same footing (profile x load x correction) not faster beyond the noise: a move only flaps
+            target, fits = cur, preds[cur] <= budget_ms
         if target != cur:
-            if cur is not None:
-                self.switches += 1
-                upgrade = self.order.index(target) < cur_rank
-                if not upgrade and self._last_upgrade_call is not None and \
-                        self.calls - self._last_upgrade_call <= 2 * self.dwell:
-                    self.dwell = min(self.dwell * 2, self.base_dwell * 8)  # failed upgrade: back off
-                self._last_upgrade_call = self.calls if upgrade else None
-            self.current = target
-            self._switched_at = self.calls
-            self._since_switch = 0
-            self._miss_streak = 0
+            self._switch(target)
             preds[target] = self.predict(target)
         elif self._since_switch >= 4 * self.dwell:
             self.dwell = self.base_dwell  # stable for long: forget earlier back-offs
-        decision = Decision(target, preds[target], fits)
         if self.probe_every and self.calls and self.calls % self.probe_every == 0 and len(self.order) > 1:
             probe = self._pick_probe(preds, budget_ms)
             if probe is not None:
                 self.probes += 1
                 return Decision(probe, preds[probe], True, probe=True)
-        return decision
+        return Decision(target, preds[target], fits)
+
+    def _switch(self, target: str) -> None:
+        cur = self.current
+        if cur is not None:
+            self.switches += 1
+            upgrade = self._rank[target] < self._rank[cur]
+            if not upgrade and self._last_upgrade_call is not None and \
+                    self.calls - self._last_upgrade_call <= 2 * self.dwell:
+                self.dwell = min(self.dwell * 2, self.base_dwell * 8)  # failed upgrade: back off
+            self._last_upgrade_call = self.calls if upgrade else None
+        self.current = target
+        self.windows[target].clear()  # its tail is judged on samples since it was chosen
+        self._switched_at = self.calls
+        self._since_switch = 0
+        self._miss_streak = 0
 
     def _pick_probe(self, preds: Mapping[str, float], budget_ms: float) -> str | None:
         """The stalest other variant predicted to fit the budget (with the margin for slower ones), if any."""
-        cur_rank = self.order.index(self.current)
+        cur_rank = self._rank[self.current]
         others = [v for i, v in enumerate(self.order) if v != self.current
                   and preds[v] <= budget_ms * ((1.0 - self.margin) if i < cur_rank else 1.0)]
         if not others:
@@ -197,17 +243,24 @@ class LatencyModel:
 
     def observe(self, vid: str, latency_ms: float, budget_ms: float, probe: bool = False) -> None:
         """Record one run of ``vid``."""
+        latency_ms = float(latency_ms)
+        # learn how far a variant strays from uniform scaling only while the load factor is settled: on probes
+        # and right after an upgrade (both follow a dwell); after a downgrade the load has just changed
         trial = probe or (vid == self.current and self.calls - self._switched_at < self.min_samples
-                          and self.switches > 0)
-        if trial and self._ratios:  # learn how far this variant strays from uniform scaling
+                          and self._last_upgrade_call == self._switched_at)
+        if trial:
             seen = math.log(max(latency_ms, 1e-6) / (self.base_p50[vid] * self.load_factor()))
             # slower than thought: believe it at once (a miss is expensive); faster: move halfway
             rate = 1.0 if seen > self.log_corr[vid] else self.learn_rate
             self.log_corr[vid] += rate * (seen - self.log_corr[vid])
-        for v in self.order:  # corrections fade back towards 1 unless renewed (over a few horizons)
-            self.log_corr[v] *= 1.0 - 1.0 / (2 * self.horizon)
-        self.windows[vid].add(self.calls, latency_ms)
-        self._ratios.append(latency_ms / (self.base_p50[vid] * self.correction(vid)))
+            self._corr[vid] = math.exp(self.log_corr[vid])
+        fade = self._fade
+        for v, lc in self.log_corr.items():  # corrections fade back towards 1 unless renewed (over a few horizons)
+            if lc:
+                self.log_corr[v] = lc * fade
+                self._corr[v] = math.exp(lc * fade)
+        self.windows[vid].record(self.calls, latency_ms)
+        self._ratios.add(latency_ms / (self.base_p50[vid] * self._corr[vid]))
         self.calls += 1
         if not probe:
             self._since_switch += 1

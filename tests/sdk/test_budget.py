@@ -194,19 +194,25 @@ def test_equally_accurate_variants_prefer_the_faster(bundle, tmp_path):
 
 
 def test_last_run_is_per_thread(bundle):
-    """Each thread reads the record of its own last call, not another thread's."""
+    """Each thread reads the record of its own last call, not another thread's (each thread's calls carry a budget
+    of their own, so a record read by the wrong thread shows the wrong budget)."""
     import threading
 
     with edgekit.load(bundle, budget_ms=10_000, **FAST) as s:
-        seen = {}
+        seen: dict[int, list] = {}
+        start = threading.Barrier(3)
 
         def work(rows: int) -> None:
-            for _ in range(5):
-                s.run(_x(rows))
-                seen.setdefault(rows, []).append(s.last_run["latency_ms"] is not None and s.last_run)
+            start.wait()
+            for _ in range(20):
+                s.run(_x(rows), budget_ms=10_000 + rows)
+                seen.setdefault(rows, []).append(s.last_run)
 
         ts = [threading.Thread(target=work, args=(r,)) for r in (1, 2, 3)]
         [t.start() for t in ts]
         [t.join() for t in ts]
         assert s.last_run is None   # this thread ran nothing
-        assert all(len(v) == 5 and all(v) for v in seen.values())
+        assert sorted(seen) == [1, 2, 3]
+        for rows, records in seen.items():
+            assert len(records) == 20
+            assert all(r["budget_ms"] == 10_000 + rows and r["latency_ms"] > 0 for r in records), (rows, records)
