@@ -281,3 +281,32 @@ def test_integer_outputs_given_as_floats_or_bools_are_compared_exactly():
     m = V.compare(masks, got, None)
     assert m["outputs"]["output0"]["mismatch"] == 0.5 and m["outputs"]["output0"]["max_abs"] == 1.0
     assert m["outputs"]["output0"]["mean_abs"] == 0.5 and not m["passed"]
+
+
+def test_the_report_names_the_deciding_output_lists_each_output_and_the_failures(tmp_path):
+    from edgekit.converters.report import render
+
+    src = models.echo_big_small()
+    good = _validate(tmp_path, src, src, _feeds(src, n=3))
+    bad = _validate(tmp_path, src, models.echo_big_small("negate"), _feeds(src, n=3))
+    single = V.compare(*[[[r[0]] for r in _pair_outputs(tmp_path, n=3)[0]]] * 2, None)
+    rows = [{"id": "onnx-fp32", "format": "onnx", "precision": "fp32", "size": 2000, "validation": good},
+            {"id": "onnx-int8", "format": "onnx", "precision": "int8", "size": 500, "validation": bad},
+            {"id": "one-output", "format": "onnx", "precision": "fp16", "validation": single}]
+    failed = [{"variant": "tflite-int8", "stage": "export", "error": "ConversionError", "message": "no kernel",
+               "node": "/conv/Conv"}, {"variant": "coreml-fp16", "stage": "validate", "error": "KeyError",
+                                       "message": "'x'", "unexpected": True}]
+    text = render("m.onnx", "onnx", ["x"], ["y"], rows, [], [], {"cosine": 0.99, "top1": 0.98}, "3 samples", 1.0,
+                  2000, failed=failed)
+    bad_row = next(line for line in text.splitlines() if line.startswith("| onnx-int8 | onnx"))
+    d = bad["decided_by"]
+    assert f"`small`: {d['metric']} {d['value']:.4g} ({'>=' if d['metric'] == 'cosine' else '<='}" in bad_row
+    assert bad_row.split(" | ")[12] == "NO" and "| 0.25 |" in bad_row
+    outputs = text.split("## Outputs")[1].split("##")[0]
+    assert "| onnx-int8 | `small` | classifier |" in outputs and "| onnx-int8 | `ids_out` | int |" in outputs
+    assert "mismatch 0.0000 | yes |" in outputs and "NO: " in outputs and "one-output" not in outputs
+    assert "- tflite-int8: export failed (node `/conv/Conv`): ConversionError: no kernel" in text
+    assert "- coreml-fp16: validate failed: KeyError: 'x' (not an edgekit error" in text
+    assert "mean) <= 0.03" not in text and "0.03 (mean)" in text and "cosine >= 0.99" in text
+    plain = render("m.onnx", "onnx", ["x"], ["y"], rows[2:], [], [], {"cosine": 0.9, "top1": 0.5}, "3", 1.0)
+    assert "## Failed" not in plain and "## Outputs" not in plain and "cosine >= 0.9 " in plain
