@@ -6,11 +6,14 @@ signature ``runtimes/tvm.py`` reads).
 Boards come from ``edgekit.boards`` profiles (``tvm_target``, ``cross_compiler``); ``"host"`` is this CPU.
 Untuned CPU builds use :func:`cpu_pipeline` (vectorizable fast math plus simple schedules for elementwise
 and conv-like functions); Apple boards can also get Metal kernels (``device="metal"``). Optional MetaSchedule
-tuning runs in a child process and caches its logs under ``~/.cache/edgekit/tune/<key>/``.
+tuning caches its logs under ``~/.cache/edgekit/tune/<key>/``. Everything that needs TVM's compiler (compiling,
+tuning, the host CPU's name, the frontend's op list) runs in a warm child process (``tvm_child``): a TVM crash or
+hang is a ConversionError here, and this process may hold a runtime-only TVM.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from edgekit._extras import require
-from edgekit.errors import BoardError, ConversionError, InputError, UnsupportedOpError
+from edgekit.errors import BoardError, ConversionError, InputError, MissingExtraError, UnsupportedOpError
 from edgekit.specs import TensorSpec
+
+from . import tvm_child
 
 SIGNATURE_FORMAT = "edgekit-tvm"
 HOST = "host"
@@ -54,12 +59,38 @@ class BoardTarget:
         return triple.split("-")[0] if triple else platform.machine()
 
 
+@functools.cache
 def host_target() -> dict:
-    """The TVM target of this CPU (LLVM's name for it, so vector units are used)."""
-    import tvm  # noqa: F401 - loads the compiler, needed for the codegen query
+    """The TVM target of this CPU (LLVM's name for it, so vector units are used); asked of the compiler child."""
+    return tvm_child.call(_host_target_here, what="asking TVM for this CPU's LLVM name")
+
+
+def _host_target_here() -> dict:
+    require_compiler()
     from tvm.target import codegen
 
     return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def require_tvm_installed() -> None:
+    """MissingExtraError naming the extra when apache-tvm is not installed (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tvm") is None:
+        raise MissingExtraError("apache-tvm is needed for compiling TVM kernels but is not installed; install it "
+                                "with: pip install 'edgekit[tvm]'")
+
+
+def require_compiler():
+    """Import TVM with its compiler in this process; a clear ConversionError when only its runtime is loaded here
+    (``TVM_USE_RUNTIME_LIB=1`` before the import, or a runtime-only install without ``libtvm_compiler.so``)."""
+    tvm = require("tvm", purpose="compiling TVM kernels")
+    if getattr(tvm.base, "_RUNTIME_ONLY", False):
+        raise ConversionError(
+            "the TVM compiler is not available in this process: TVM was loaded runtime-only (TVM_USE_RUNTIME_LIB=1 "
+            "at import, or an install without libtvm_compiler.so); compile through edgekit compile / "
+            "compile_onnx, which run TVM in a child process, or reinstall apache-tvm")
+    return tvm
 
 
 def board_target(board: str) -> BoardTarget:
@@ -116,11 +147,22 @@ def check_cross_compiler(cc: str | None, board: str = "") -> None:
 
 def tvm_unsupported_ops(model: Any) -> list[str]:
     """Op types of ``model`` that TVM's Relax ONNX frontend has no converter for."""
-    require("tvm", purpose="compiling TVM kernels")
+    known = frontend_ops()
+    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+
+
+@functools.cache
+def frontend_ops() -> frozenset[str]:
+    """The ONNX op types TVM's Relax frontend converts (asked of the compiler child once per process)."""
+    require_tvm_installed()
+    return frozenset(tvm_child.call(_frontend_ops_here, what="listing TVM's ONNX converters"))
+
+
+def _frontend_ops_here() -> list[str]:
+    require_compiler()
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    known = onnx_frontend._get_convert_map()
-    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+    return sorted(onnx_frontend._get_convert_map())
 
 
 def _onnx_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -162,25 +204,9 @@ def _to_relax(model, shapes: dict):
         raise ConversionError(f"TVM could not import the model: {msg}") from None
 
 
-def _tune_child(model_path: str, shapes: dict, target: dict, work: str, trials: int) -> None:
-    """Child process: run MetaSchedule for the model, leaving its database in ``work``."""
-    import onnx
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
-    mod = from_onnx(onnx.load(model_path), shape_dict=shapes, keep_params_in_input=False)
-    relax.pipeline.static_shape_tuning_pipeline(
-        total_trials=trials, target=tvm.target.Target(target), work_dir=work,
-        max_trials_per_task=max(8, trials // 4))(mod)
-
-
-def _tune(mod, target, model_bytes: bytes, shapes: dict, trials: int, log=None):
-    """Tune with MetaSchedule in a child process (a crash there is an error here, not a dead process), or
-    reuse cached logs; return the module with the best schedules applied."""
-    import multiprocessing as mp
-    import tempfile
-
+def _tune(mod, target, model_bytes: bytes, trials: int, log=None):
+    """Tune with MetaSchedule (in the compiler child: a crash there is an error in the caller), or reuse cached
+    logs; return the module with the best schedules applied."""
     import tvm
     from tvm import relax
 
@@ -193,18 +219,9 @@ def _tune(mod, target, model_bytes: bytes, shapes: dict, trials: int, log=None):
         work.mkdir(parents=True, exist_ok=True)
         if log:
             log(f"tuning {trials} trials (MetaSchedule; slow on few cores), logs in {work}")
-        with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as tmp:
-            model_path = Path(tmp) / "model.onnx"
-            model_path.write_bytes(model_bytes)
-            proc = mp.get_context("spawn").Process(target=_tune_child,
-                                                   args=(str(model_path), shapes, target, str(work), trials))
-            proc.start()
-            proc.join()
-        if proc.exitcode != 0:
-            raise ConversionError(
-                f"MetaSchedule tuning failed (child exit status {proc.exitcode}; TVM 0.27 is known to crash in "
-                f"tvm::ffi::ToJSONGraph during tuning on some machines); logs in {work / 'logs'}. "
-                "Compile without --tune-trials (the untuned CPU schedules are used)")
+        relax.pipeline.static_shape_tuning_pipeline(
+            total_trials=trials, target=tvm.target.Target(target), work_dir=str(work),
+            max_trials_per_task=max(8, trials // 4))(mod)
         done.write_text(json.dumps({"trials": trials, "target": target}))
     with tvm.target.Target(target):
         return relax.pipeline.static_shape_tuning_pipeline(total_trials=0, target=tvm.target.Target(target),
@@ -316,65 +333,92 @@ def cpu_pipeline(target):
     return _pipeline
 
 
+#: appended to crash messages of tuned compiles
+TUNE_HINT = ("; TVM 0.27 is known to crash in tvm::ffi::ToJSONGraph during MetaSchedule tuning on some machines: "
+             "compile without --tune-trials (the untuned CPU schedules are used)")
+
+
 def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_dict: dict | None = None,
-                 cc: str | None = None, *, tune_trials: int = 0, board: str | None = None, log=None) -> Path:
+                 cc: str | None = None, *, tune_trials: int = 0, board: str | None = None, log=None,
+                 what: str | None = None) -> Path:
     """Compile ``model`` (path or ModelProto) for ``target``; writes ``OUT.so`` (Apple: ``.dylib``/``.tar``, see
     :func:`library_path`) and ``OUT.json``.
 
     Dynamic input dims are fixed through ``shape_dict`` ({input: shape}); default 1. ``cc`` links for
     another architecture (e.g. ``aarch64-linux-gnu-g++``). ``tune_trials`` > 0 tunes with MetaSchedule
-    (only meaningful for the host: trials are measured on this machine). Returns the library path.
+    (only meaningful for the host: trials are measured on this machine). TVM runs in a child process
+    (``tvm_child``): a crash or hang there is a ConversionError naming ``what`` ("compiling segment 3 (ops: Erf)
+    for rpi4"; default: the model and board), the target and the signal. Returns the library path.
     """
     import onnx
 
-    tvm = require("tvm", purpose="compiling TVM kernels")
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    require_tvm_installed()
     check_cross_compiler(cc, board or "")
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    tdict = target if isinstance(target, dict) else {"kind": str(target)}
+    if what is None:
+        name = "the model" if isinstance(model, onnx.ModelProto) else Path(model).name
+        what = f"compiling {name} for {board or tdict.get('mtriple') or tdict.get('kind')}"
+    lib = tvm_child.call(_compile_here, src, str(out_path), target, shape_dict, cc, tune_trials, board,
+                         what=what, log=log, hint=TUNE_HINT if tune_trials > 0 else "")
+    return Path(lib)
+
+
+def _compile_here(src: bytes | str, out_path: str, target: Any, shape_dict: dict | None, cc: str | None,
+                  tune_trials: int, board: str | None, log=None) -> str:
+    """The compile itself (in the compiler child): ONNX -> Relax -> library + signature; returns the library."""
+    import onnx
+
+    tvm = require_compiler()
+    model = onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
     ins, outs = _onnx_specs(model)
     shapes = {s.name: list((shape_dict or {}).get(s.name, s.concrete_shape())) for s in ins}
     mod = _to_relax(model, shapes)
     tdict = target if isinstance(target, dict) else {"kind": str(target)}
     apple = "apple" in str(tdict.get("mtriple", "")) or tdict.get("kind") == "metal"
-    device = "metal" if tdict.get("kind") == "metal" else "cpu"
     if tune_trials > 0 and tdict.get("kind") == "llvm" and "num-cores" not in tdict:
         target = tdict = {**tdict, "num-cores": os.cpu_count() or 1}  # MetaSchedule needs the core count
+    tvm_child.crash_hook_for_tests()
     try:
         if tune_trials > 0:
-            mod = _tune(mod, tdict, model.SerializeToString(), shapes, tune_trials, log)
+            mod = _tune(mod, tdict, model.SerializeToString(), tune_trials, log)
         tgt = tvm.target.Target(target)
         if tune_trials > 0 or tgt.kind.name != "llvm":
             ex = tvm.compile(mod, target=tgt)
         else:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=cpu_pipeline(tgt))
-    except ConversionError:
-        raise
     except Exception as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"TVM could not compile the model for {tdict}: {msg}") from None
-    # Apple code cannot be linked on another OS: ship the objects (load_module links them on the Mac)
-    out = library_path(out_path, apple)
+    out = _export(ex, library_path(out_path, apple), None if apple else cc)
+    _write_signature(out, model, ins, outs, shapes, board=board, target=tdict, tune_trials=tune_trials,
+                     device="metal" if tdict.get("kind") == "metal" else "cpu")
+    return str(out)
+
+
+def _export(ex, out: Path, cc: str | None) -> Path:
+    """Link ``ex`` to ``out`` atomically (Apple code is shipped as objects: load_module links them on the Mac)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
     try:
-        ex.export_library(str(tmp), **({"cc": cc} if cc and not apple else {}))
+        ex.export_library(str(tmp), **({"cc": cc} if cc else {}))
         tmp.replace(out)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"linking the TVM library {out.name} failed: {msg}") from None
     finally:
         tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_signature(out: Path, model, ins, outs, shapes: dict, **fields) -> None:
+    """``OUT.json``: the library's name, entry, target and fixed input specs (what runtimes/tvm.py reads)."""
     fixed_ins = [TensorSpec(s.name, tuple(shapes[s.name]), s.dtype) for s in ins]
     params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
     meta = {
-        "format": SIGNATURE_FORMAT,
-        "version": 1,
-        "library": out.name,
-        "entry": "main",
-        "board": board,
-        "device": device,
-        "target": tdict,
-        "tuned_trials": int(tune_trials),
+        "format": SIGNATURE_FORMAT, "version": 1, "library": out.name, "entry": "main",
+        "board": fields["board"], "device": fields["device"], "target": fields["target"],
+        "tuned_trials": int(fields["tune_trials"]),
         "inputs": [s.to_json() for s in fixed_ins],
         "outputs": [s.to_json() for s in outs],
         "source_ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
@@ -384,7 +428,6 @@ def compile_onnx(model: Any, out_path: str | Path, target: Any = "llvm", shape_d
     tmp_side = side.with_name(f".{side.name}.tmp-{os.getpid()}")
     tmp_side.write_text(json.dumps(meta, indent=2))
     tmp_side.replace(side)
-    return out
 
 
 #: Apple GPU limits for TVM's Metal target (M1 family)
@@ -393,7 +436,7 @@ DEVICES = ("cpu", "metal")
 
 
 def compile_for_board(model: Any, out_stem: str | Path, board: str, shape_dict: dict | None = None,
-                      tune_trials: int = 0, log=None, device: str = "cpu") -> Path:
+                      tune_trials: int = 0, log=None, device: str = "cpu", what: str | None = None) -> Path:
     """Compile ``model`` for a board profile (or ``"host"``): ``OUT_STEM.so``/``.dylib``/``.tar`` + ``.json``.
 
     ``device="metal"`` (Apple boards) emits Metal kernels with an arm64-macOS host part (a ``.tar``).
@@ -411,7 +454,7 @@ def compile_for_board(model: Any, out_stem: str | Path, board: str, shape_dict: 
     if bt.cc and not bt.is_apple:
         check_cross_compiler(bt.cc, bt.board)
     return compile_onnx(model, out_stem, target, shape_dict, None if bt.is_apple else bt.cc,
-                        tune_trials=tune_trials, board=bt.board, log=log)
+                        tune_trials=tune_trials, board=bt.board, log=log, what=what)
 
 
 # ------------------------------------------------------------------------------------------------------------
