@@ -102,6 +102,11 @@ class Bundle:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelLoadError(f"{mpath}: malformed variant entry ({exc!r})") from None
 
+    @property
+    def failed(self) -> list[dict]:
+        """Variants the conversion could not build: variant, stage, error (class name), message, node."""
+        return list(self.manifest.get("failed") or [])
+
     def _inside(self, rel: str) -> Path:
         root = self.path.resolve()
         p = (root / str(rel)).resolve()

@@ -392,3 +392,103 @@ def seg_and_ctc(broken: str | None = None, seed: int = 0):
                        {"seg": [1, 4, 8, 8], "ctc": [1, 12, 20]},
                        [numpy_helper.from_array(_w(rng, 4, 3, 1, 1, scale=1.0), "Wc"),
                         numpy_helper.from_array(_w(rng, 16, 20, scale=1.0), "Wm")] + i1 + i2)
+
+
+def dynamic_hw_segmenter(seed: int = 0):
+    """images[N,3,H,W] (dynamic N, H, W) -> Conv stride 2 -> Relu -> ConvTranspose stride 2 -> Sigmoid -> mask[N,1,H,W]:
+    a text-detector-like map whose static-shape exports (TFLite, Core ML) need H and W fixed."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, 8, 3, 3, 3), "cw"), numpy_helper.from_array(_w(rng, 8, scale=0.1), "cb"),
+             numpy_helper.from_array(_w(rng, 8, 1, 2, 2), "tw"), numpy_helper.from_array(_w(rng, 1, scale=0.1), "tb")]
+    n = helper.make_node
+    nodes = [n("Conv", ["images", "cw", "cb"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv"),
+             n("Relu", ["c"], ["r"], name="relu"),
+             n("ConvTranspose", ["r", "tw", "tb"], ["t"], strides=[2, 2], name="up"),
+             n("Sigmoid", ["t"], ["mask"], name="sigmoid")]
+    g = helper.make_graph(nodes, "dyn_hw_seg", [_io("images", ["N", 3, "H", "W"])], [_io("mask", ["N", 1, "H", "W"])],
+                          inits)
+    return _model(g)
+
+
+# -- real-graph shapes (issue 12: old opsets, Shape->Reshape chains; dynamic H/W: dynamic_hw_segmenter) ---------
+
+def conv_bn_opset11(seed: int = 0):
+    """image[1,3,16,16] -> Conv/BatchNormalization/Relu -> Conv/BN/Relu -> Conv -> map[1,4,16,16] at opset 11 (as
+    Paddle2ONNX writes): per-channel static int8 needs an opset >= 13 copy."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    x, cin = "image", 3
+    for i, cout in enumerate((16, 16)):
+        inits += [numpy_helper.from_array(_w(rng, cout, cin, 3, 3, scale=0.4), f"w{i}"),
+                  numpy_helper.from_array(rng.uniform(0.5, 1.5, cout).astype(np.float32), f"g{i}"),
+                  numpy_helper.from_array(_w(rng, cout, scale=0.1), f"b{i}"),
+                  numpy_helper.from_array(_w(rng, cout, scale=0.1), f"m{i}"),
+                  numpy_helper.from_array(rng.uniform(0.5, 2.0, cout).astype(np.float32), f"v{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}", f"g{i}", f"b{i}", f"m{i}", f"v{i}"], [f"n{i}"]),
+                  helper.make_node("Relu", [f"n{i}"], [f"r{i}"])]
+        x, cin = f"r{i}", cout
+    inits.append(numpy_helper.from_array(_w(rng, 4, cin, 1, 1, scale=0.3), "wo"))
+    nodes.append(helper.make_node("Conv", [x, "wo"], ["map"]))
+    g = helper.make_graph(nodes, "conv_bn_opset11",
+                          [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    return _model(g, opset=11)
+
+
+def shape_chain(hidden: int = 16, heads: int = 4, seed: int = 0):
+    """x[batch, seq, 16] (dynamic batch and seq) -> MatMul -> Shape->Gather->Unsqueeze->Concat->Reshape into heads
+    -> Transpose -> Softmax -> back through a second Shape chain -> MatMul -> y[batch, seq, 16]: the reshape
+    chains of a sentence-transformer export."""
+    rng = np.random.default_rng(seed)
+    d = hidden // heads
+    inits = [numpy_helper.from_array(_w(rng, hidden, hidden), "W1"),
+             numpy_helper.from_array(_w(rng, hidden, hidden), "W2"),
+             numpy_helper.from_array(np.array(0, np.int64), "i0"), numpy_helper.from_array(np.array(1, np.int64), "i1"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+             numpy_helper.from_array(np.array([heads, d], np.int64), "hd"),
+             numpy_helper.from_array(np.array([hidden], np.int64), "hid")]
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W1"], ["h"], name="/model/q/MatMul"),
+             n("Shape", ["h"], ["shp"], name="/model/Shape"),
+             n("Gather", ["shp", "i0"], ["b"], axis=0, name="/model/Gather"),
+             n("Gather", ["shp", "i1"], ["s"], axis=0, name="/model/Gather_1"),
+             n("Unsqueeze", ["b", "ax0"], ["bu"], name="/model/Unsqueeze"),
+             n("Unsqueeze", ["s", "ax0"], ["su"], name="/model/Unsqueeze_1"),
+             n("Concat", ["bu", "su", "hd"], ["new"], axis=0, name="/model/Concat"),
+             n("Reshape", ["h", "new"], ["/model/Reshape_output_0"], name="/model/Reshape"),
+             n("Transpose", ["/model/Reshape_output_0"], ["t"], perm=[0, 2, 1, 3], name="/model/Transpose"),
+             n("Softmax", ["t"], ["p"], axis=-1, name="/model/Softmax"),
+             n("Transpose", ["p"], ["t2"], perm=[0, 2, 1, 3], name="/model/Transpose_1"),
+             n("Concat", ["bu", "su", "hid"], ["back"], axis=0, name="/model/Concat_1"),
+             n("Reshape", ["t2", "back"], ["/model/Reshape_1_output_0"], name="/model/Reshape_1"),
+             n("MatMul", ["/model/Reshape_1_output_0", "W2"], ["y"], name="/model/o/MatMul")]
+    g = helper.make_graph(nodes, "shape_chain",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", hidden])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", hidden])], inits)
+    return _model(g)
+
+
+def cast_model(src: int, dst: int, shape: list, opset: int = 21):
+    """x[shape] of ONNX element type ``src`` -> Cast -> y of ``dst`` (bfloat16/float8/int4 I/O for the facade)."""
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=dst)], "cast",
+                          [_io("x", shape, src)], [_io("y", shape, dst)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgekit-tests")
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+def sequence_model():
+    """x[6, 4] -> SplitToSequence (rows of 2) -> parts: seq(float); parts -> SequenceAt 1 -> second: the rows 2-3;
+    and seq_in: seq(int64) -> ConcatFromSequence (axis 0) -> joined."""
+    n = helper.make_node
+    nodes = [n("SplitToSequence", ["x", "two"], ["parts"], axis=0), n("SequenceAt", ["parts", "one"], ["second"]),
+             n("ConcatFromSequence", ["seq_in"], ["joined"], axis=0)]
+    inits = [numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array(1, np.int64),
+                                                                                             "one")]
+    seq_f = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)
+    seq_i = helper.make_tensor_sequence_value_info("seq_in", TensorProto.INT64, None)
+    g = helper.make_graph(nodes, "sequences", [_io("x", [6, 4]), seq_i],
+                          [seq_f, _io("second", [2, 4]), _io("joined", ["n"], TensorProto.INT64)], inits)
+    return _model(g)

@@ -1,8 +1,17 @@
-"""``edgekit convert SOURCE -o OUT``: quantize, prune, export, validate and write a bundle; summary table."""
+"""``edgekit convert SOURCE -o OUT``: quantize, prune, export, validate and write a bundle; summary table.
+
+Exit status: 0 when every requested variant was built and validated; PARTIAL_EXIT (3) when the bundle was written
+but some variant failed or missed its thresholds (one line each on stderr); 1 with no bundle when none was built.
+"""
 
 from __future__ import annotations
 
+import sys
+
 from ._common import human_size, print_json, table
+
+#: exit status of a conversion whose bundle was written with some variant failed or not validated
+PARTIAL_EXIT = 3
 
 
 def register(sub) -> None:
@@ -20,6 +29,9 @@ def register(sub) -> None:
                                         "std=0.229/0.224/0.225,layout=NCHW,scale=0.00392")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile",
                                                                        "distribution"])
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="static shape of an input for formats that need one (TFLite, Core ML, TVM), e.g. "
+                        "images=1,3,320,320; repeatable (default: the shape of the validation data)")
     p.add_argument("--opset", type=int, help="upgrade the ONNX opset to N")
     p.add_argument("--cosine", type=float, default=0.99, help="validation threshold on cosine (default 0.99)")
     p.add_argument("--top1", type=float, default=0.98, help="top-1 agreement threshold for classifiers")
@@ -44,13 +56,33 @@ def run(args) -> int:
                      preprocess=args.preprocess,
                      calibration_method=args.calibration_method, opset=args.opset, force=args.force,
                      cosine_threshold=args.cosine, top1_threshold=args.top1, accuracy_aware=not args.no_retry,
-                     progress=not args.json, boards=_split(args.board), fallback_ops=_split(args.fallback_ops))
+                     progress=not args.json, boards=_split(args.board), fallback_ops=_split(args.fallback_ops),
+                     input_shapes=args.input_shape, verbose=getattr(args, "verbose", False))
     rows = bundle.table()
     if args.json:
-        print_json({"bundle": str(bundle.path), "variants": [v.to_json() for v in bundle.variants]})
-        return 0
-    cols = ["id", "format", "precision", "pruning", "size", "cosine", "top1", "max_abs", "check", "passed"]
-    print(table([dict(r, size=human_size(r["size"])) for r in rows], cols))
-    n_ok = sum(r["passed"] for r in rows)
-    print(f"\n{len(rows)} variants ({n_ok} passed validation) in {bundle.path}; report: {bundle.path / 'report.md'}")
-    return 0
+        print_json({"bundle": str(bundle.path), "variants": [v.to_json() for v in bundle.variants],
+                    "failed": bundle.failed})
+    else:
+        cols = ["id", "format", "precision", "pruning", "size", "cosine", "top1", "max_abs", "check", "passed"]
+        print(table([dict(r, size=human_size(r["size"])) for r in rows], cols))
+        n_ok = sum(r["passed"] for r in rows)
+        print(f"\n{len(rows)} variants built ({n_ok} passed validation), {len(bundle.failed)} failed, in "
+              f"{bundle.path}; report: {bundle.path / 'report.md'}")
+    return _partial_status(bundle)
+
+
+def _partial_status(bundle) -> int:
+    """0 when every variant validated; else one stderr line per failed or unvalidated variant and PARTIAL_EXIT."""
+    lines = [f"edgekit: {f['variant']}: failed at {f['stage']}: {f['error']}: {f['message']}" for f in bundle.failed]
+    lines += [f"edgekit: {v.id}: built but not validated ({_why(v.validation)})" for v in bundle.variants
+              if not v.passed]
+    for line in lines:
+        print(line[:400], file=sys.stderr)
+    return PARTIAL_EXIT if lines else 0
+
+
+def _why(val: dict) -> str:
+    decided = val.get("decided_by")
+    if decided:
+        return f"decided by {decided}"
+    return f"cosine {val['cosine']:.4f}" if val.get("cosine") is not None else "below threshold"

@@ -1,0 +1,155 @@
+"""A conversion is a plan of independent variant jobs: a failed variant is recorded, the others are written.
+
+Also the shapes static-shape formats are built for (``--input-shape`` or the validation data), and that a
+conversion writes nothing outside its work folder and its output.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.cli import main
+from edgekit.commands.convert import PARTIAL_EXIT
+from edgekit.converters import get_exporter
+from edgekit.errors import ConversionError, InputError
+
+import models
+
+
+def _usable(fmt: str) -> None:
+    why = get_exporter(fmt).unavailable_reason()
+    if why:
+        pytest.skip(f"{fmt} exporter not usable here: {why}")
+
+
+@pytest.fixture(scope="module")
+def celu_onnx(model_dir):
+    """Celu: ONNX Runtime runs it; neither the Core ML translator nor TVM's ONNX frontend has it."""
+    return models.save(models.celu_model(), model_dir / "celu.onnx")
+
+
+def test_a_failed_variant_is_recorded_and_the_rest_written(tmp_path, celu_onnx, capsys):
+    _usable("coreml")
+    out = tmp_path / "b"
+    rc = main(["convert", str(celu_onnx), "-o", str(out), "--to", "onnx,coreml", "--quantize", "fp32,int8-dynamic"])
+    err = capsys.readouterr().err
+    assert rc == PARTIAL_EXIT
+    bundle = edgekit.Bundle(out)
+    assert [v.id for v in bundle.variants] == ["onnx-fp32", "onnx-int8-dynamic"]
+    assert all(v.passed for v in bundle.variants)
+    failed = {f["variant"]: f for f in bundle.failed}
+    assert set(failed) == {"coreml-fp32", "coreml-int8-dynamic"}
+    for f in failed.values():
+        assert f["stage"] == "fallback" and "Celu" in f["message"] and not f.get("unexpected")
+    # one stderr line per failed variant, naming it; no traceback
+    lines = [x for x in err.splitlines() if x.startswith("edgekit:")]
+    assert len(lines) == 2 and all("coreml-" in x and "failed at fallback" in x for x in lines), err
+    assert "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["variant"] for f in manifest["failed"]] == ["coreml-fp32", "coreml-int8-dynamic"]
+    report = (out / "report.md").read_text()
+    assert "## Failed" in report and "coreml-int8-dynamic" in report
+    # the built variants really run and match the source
+    x = np.linspace(-2, 2, 10, dtype=np.float32).reshape(2, 5)
+    want = models.ort_reference(celu_onnx, {"x": x})["y"]
+    np.testing.assert_allclose(bundle.load("onnx-fp32").run({"x": x})["y"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_no_variant_built_is_an_error_and_leaves_no_bundle(tmp_path, celu_onnx, capsys):
+    _usable("coreml")
+    out = tmp_path / "b"
+    with pytest.raises(ConversionError, match="no variant could be built.*coreml-fp32"):
+        edgekit.convert(celu_onnx, out, targets="coreml", quantize="fp32", progress=False)
+    assert not out.exists()
+    assert main(["convert", str(celu_onnx), "-o", str(out), "--to", "coreml", "--quantize", "fp32"]) == 1
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("edgekit:")]
+    assert not out.exists() and len(err) == 1 and "coreml-fp32" in err[0]
+
+
+def test_all_validated_exits_0(tmp_path, mlp_onnx):
+    assert main(["convert", str(mlp_onnx), "-o", str(tmp_path / "b"), "--to", "onnx", "--quantize", "fp32,fp16"]) == 0
+    assert edgekit.Bundle(tmp_path / "b").failed == []
+
+
+@pytest.fixture(scope="module")
+def dyn_onnx(model_dir):
+    return models.save(models.dynamic_hw_segmenter(), model_dir / "dyn_hw.onnx")
+
+
+def _images(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, h, w)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "coreml"])
+def test_dynamic_hw_is_fixed_from_the_validation_data(tmp_path, dyn_onnx, fmt):
+    """A [N,3,H,W] source: the static-shape format is built at the data's shape; ONNX keeps its dynamic dims."""
+    _usable(fmt)
+    b = edgekit.convert(dyn_onnx, tmp_path / "b", targets=["onnx", fmt], quantize="fp32",
+                        validation={"images": _images(4, 40, 56, 1)}, progress=False)
+    assert b.failed == []
+    onnx_v, static_v = b.variant("onnx-fp32"), b.variant(f"{fmt}-fp32")
+    assert list(onnx_v.inputs[0].shape) == ["N", 3, "H", "W"]
+    assert list(static_v.inputs[0].shape) == [1, 3, 40, 56] and list(static_v.outputs[0].shape) == [1, 1, 40, 56]
+    assert static_v.passed, static_v.validation
+    assert b.manifest["static_shapes"] == {"images": [1, 3, 40, 56]}
+    assert "1,3,40,56" in (b.path / "report.md").read_text()
+    if fmt == "tflite":      # LiteRT runs it here: the mask matches ONNX Runtime on a new image
+        x = _images(1, 40, 56, 7)
+        want = models.ort_reference(dyn_onnx, {"images": x})["mask"]
+        got = b.load(static_v.id).run({"images": x})["mask"]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_input_shape_flag(tmp_path, dyn_onnx, capsys):
+    _usable("tflite")
+    val = tmp_path / "val.npz"
+    np.savez(val, images=_images(3, 24, 32, 2))
+    out = tmp_path / "b"
+    rc = main(["convert", str(dyn_onnx), "-o", str(out), "--to", "tflite", "--quantize", "fp32",
+               "--validation", str(val), "--input-shape", "images=1,3,24,32"])
+    assert rc == 0, capsys.readouterr().err
+    assert list(edgekit.Bundle(out).variant("tflite-fp32").inputs[0].shape) == [1, 3, 24, 32]
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ("images=1,3,24", "4"),                  # rank
+    ("pixels=1,3,24,32", "no input 'pixels'"),
+    ("images=1,3,x,32", "integers"),
+    ("images=1,3,48,32", "validation"),      # disagrees with the data it is validated on
+])
+def test_bad_input_shape_is_one_line_exit_2(tmp_path, dyn_onnx, capsys, shape, needle):
+    val = tmp_path / "val.npz"
+    np.savez(val, images=_images(3, 24, 32, 2))
+    rc = main(["convert", str(dyn_onnx), "-o", str(tmp_path / "b"), "--to", "onnx", "--quantize", "fp32",
+               "--validation", str(val), "--input-shape", shape])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_input_shapes_in_the_api_are_checked(tmp_path, dyn_onnx):
+    with pytest.raises(InputError, match="positive"):
+        edgekit.convert(dyn_onnx, tmp_path / "b", targets="onnx", input_shapes={"images": (1, 3, 0, 8)})
+
+
+def test_conversion_leaves_the_current_folder_empty(tmp_path, bert_onnx, monkeypatch):
+    """Every tool (ORT's quantizer and shape inference above all) writes into the work folder, never the cwd."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    ids = np.random.default_rng(0).integers(0, 100, (10, 1, 8)).astype(np.int64)
+    b = edgekit.convert(bert_onnx, tmp_path / "b", targets="onnx", quantize="fp32,int8-dynamic,int8",
+                        calibration={"input_ids": ids}, progress=False)
+    assert len(b.variants) == 3
+    assert list(here.iterdir()) == []
+
+
+def test_the_converters_output_goes_to_the_bundle_log(tmp_path, mlp_onnx, capfd):
+    edgekit.convert(mlp_onnx, tmp_path / "b", targets="onnx", quantize="fp32,int8-dynamic", progress=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert (tmp_path / "b" / "convert.log").is_file()
