@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,8 @@ class RenamedRunner(Runner):
         self.backend = inner.backend
         if getattr(inner, "signatures", None):    # shape buckets, in input order (names do not matter)
             self.signatures = inner.signatures
-        self.inputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(input_names, inner.inputs)]
-        self.outputs = [TensorSpec(n, s.shape, s.dtype) for n, s in zip(output_names, inner.outputs)]
+        self.inputs = [replace(s, name=n) for n, s in zip(input_names, inner.inputs)]
+        self.outputs = [replace(s, name=n) for n, s in zip(output_names, inner.outputs)]
         self._in_map = {n: s.name for n, s in zip(input_names, inner.inputs)}
         self._out_map = {s.name: n for n, s in zip(output_names, inner.outputs)}
         self._out_rev = {v: k for k, v in self._out_map.items()}

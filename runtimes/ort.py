@@ -14,23 +14,29 @@ from edgekit.specs import TensorSpec
 
 from . import register
 from .base import Backend, Runner
+from .ort_io import extra_dtype, from_ortvalue, is_extra, to_ortvalue
 
-#: ONNX Runtime type strings -> numpy dtypes
+#: ONNX Runtime element type names -> numpy dtypes (ml_dtypes ones: ort_io.EXTRA_TYPES)
 _ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
-    "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
-    "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
-    "tensor(string)": np.object_,  # ONNX Runtime takes str and object arrays
+    "float": np.float32, "float16": np.float16, "double": np.float64,
+    "int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int32": np.int32,
+    "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64, "bool": np.bool_,
+    "string": np.object_,  # ONNX Runtime takes str and object arrays
 }
+#: type wrappers ONNX Runtime writes -> TensorSpec.kind
+_KINDS = (("optional(seq(tensor(", "optional_sequence"), ("optional(tensor(", "optional"),
+          ("seq(tensor(", "sequence"), ("tensor(", "tensor"))
 
 
 def _spec(arg) -> TensorSpec:
-    dtype = _ORT_DTYPES.get(arg.type)
-    if dtype is None:
+    prefix, kind = next(((p, k) for p, k in _KINDS if arg.type.startswith(p)), ("", ""))
+    elem = arg.type[len(prefix):].rstrip(")")
+    dtype = _ORT_DTYPES.get(elem)
+    dtype = np.dtype(dtype) if dtype is not None else extra_dtype(elem)
+    if not kind or dtype is None:
         raise ModelLoadError(f"tensor {arg.name!r} has unsupported type {arg.type}")
-    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
-    return TensorSpec(arg.name, shape, np.dtype(dtype))
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape) if kind == "tensor" else ()
+    return TensorSpec(arg.name, shape, dtype, kind)
 
 
 class OrtRunner(Runner):
@@ -41,15 +47,35 @@ class OrtRunner(Runner):
         self.inputs = [_spec(a) for a in sess.get_inputs()]
         self.outputs = [_spec(a) for a in sess.get_outputs()]
         self._all_outputs = [s.name for s in self.outputs]
+        self._extra_out = {s.name: s.dtype for s in self.outputs if is_extra(s.dtype)}
         self.providers = sess.get_providers()
 
     def run(self, feeds, output_names):
         names = output_names or self._all_outputs
         try:
+            feeds = {k: to_ortvalue(v) if isinstance(v, np.ndarray) and is_extra(v.dtype) else v
+                     for k, v in feeds.items() if v is not None}  # an empty optional input is left out
+            if any(n in self._extra_out for n in names):
+                return self._run_ortvalues(feeds, names)
             values = self._sess.run(names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise RunError(f"onnxruntime failed: {exc}") from exc
         return dict(zip(names, values))
+
+    def _run_ortvalues(self, feeds: dict, names: list[str]) -> dict:
+        """A run returning OrtValues: outputs of the types numpy lacks are read from their bytes."""
+        import onnxruntime as ort
+
+        ins = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+               for k, v in feeds.items()}
+        outs = self._sess.run_with_ort_values(names, ins)
+        res = {}
+        for name, ov in zip(names, outs):
+            if not ov.is_tensor():
+                raise RunError(f"output {name!r} is not a tensor: request it apart from the outputs of types "
+                               f"numpy lacks ({', '.join(self._extra_out)})")
+            res[name] = from_ortvalue(ov, self._extra_out[name]) if name in self._extra_out else ov.numpy()
+        return res
 
     def close(self) -> None:
         self._sess = None

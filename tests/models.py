@@ -492,3 +492,28 @@ def sequence_model():
     g = helper.make_graph(nodes, "sequences", [_io("x", [6, 4]), seq_i],
                           [seq_f, _io("second", [2, 4]), _io("joined", ["n"], TensorProto.INT64)], inits)
     return _model(g)
+
+
+def cast_model(src: int, dst: int, shape: list, opset: int = 21):
+    """x[shape] of ONNX element type ``src`` -> Cast -> y of ``dst`` (bfloat16/float8/int4 I/O for the facade)."""
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=dst)], "cast",
+                          [_io("x", shape, src)], [_io("y", shape, dst)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgekit-tests")
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+def sequence_model():
+    """x[6, 4] -> SplitToSequence (rows of 2) -> parts: seq(float); parts -> SequenceAt 1 -> second: the rows 2-3;
+    and seq_in: seq(int64) -> ConcatFromSequence (axis 0) -> joined."""
+    n = helper.make_node
+    nodes = [n("SplitToSequence", ["x", "two"], ["parts"], axis=0), n("SequenceAt", ["parts", "one"], ["second"]),
+             n("ConcatFromSequence", ["seq_in"], ["joined"], axis=0)]
+    inits = [numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array(1, np.int64),
+                                                                                             "one")]
+    seq_f = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)
+    seq_i = helper.make_tensor_sequence_value_info("seq_in", TensorProto.INT64, None)
+    g = helper.make_graph(nodes, "sequences", [_io("x", [6, 4]), seq_i],
+                          [seq_f, _io("second", [2, 4]), _io("joined", ["n"], TensorProto.INT64)], inits)
+    return _model(g)
