@@ -8,6 +8,8 @@ fp32 reference on it -> pruned fp32 sources -> one job per variant (jobs.py: exp
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from typing import Any
 import onnx
 
 from edgekit._fs import check_writable, size_of
+from edgekit._quiet import captured
 from edgekit.bundle import Bundle
 from edgekit.bundle_writer import BundleWriter
 from edgekit.errors import BackendUnavailable, ConversionError, InputError, MissingExtraError
@@ -130,7 +133,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
     out_dir = Path(out_dir)
     req = _check_request(targets, quantize, prune, calibration, preprocess, input_shapes, boards, fallback_ops)
     check_writable(out_dir, force)
-    with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as work_s:
+    with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as work_s, \
+            captured(Path(work_s) / "convert.log", verbose):
         work = Path(work_s)
         src = _load_source(source, example_inputs, opset, simplify, work)
         check_against_specs(req.input_shapes, src.inputs)
@@ -151,8 +155,10 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
                              exporter_options=dict(exporter_options or {}), progress=progress,
                              fallback_ops=list(dict.fromkeys(fallback_ops or ())), boards=list(dict.fromkeys(boards)),
                              torch_src=src.torch, notes=req.notes, pool=pool)
-            results = _run_jobs(jobs, ctx, w.path_for("convert.log"), progress, verbose)
+            results = _run_jobs(jobs, ctx, progress)
             _write_bundle(w, src, req, data, results, thresholds, time.perf_counter() - t0)
+            _flush_std()
+            shutil.copyfile(work / "convert.log", w.path_for("convert.log"))     # what the converters printed
     return w.bundle
 
 
@@ -338,22 +344,22 @@ def _pruned_source(spec: PruneSpec, src: Source, work: Path, data: Data, thresho
 
 # ---- running the jobs and writing the bundle
 
-def _run_jobs(jobs: list[VariantJob], ctx: JobContext, log_path: Path, progress: bool,
-              verbose: bool) -> list[Built | Failure]:
+def _run_jobs(jobs: list[VariantJob], ctx: JobContext, progress: bool) -> list[Built | Failure]:
     """Every job, in plan order except that those waiting for a background export run last."""
-    from edgekit._quiet import captured
-
-    with captured(log_path, verbose):
-        start_background_exports(jobs, ctx)
+    start_background_exports(jobs, ctx)
     order = sorted(range(len(jobs)), key=lambda i: waits_for_background(jobs[i], ctx))
     results: list[Built | Failure | None] = [None] * len(jobs)
     with JobProgress(len(jobs), enabled=progress) as bar:
         for i in order:
             bar.start(jobs[i].vid)
-            with captured(log_path, verbose):
-                results[i] = run_job(jobs[i], ctx)
+            results[i] = run_job(jobs[i], ctx)
             bar.done(results[i])
     return [r for r in results if r is not None]
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
 
 
 def _write_bundle(w: BundleWriter, src: Source, req: Request, data: Data, results: list, thresholds: dict,
