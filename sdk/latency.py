@@ -158,6 +158,10 @@ class LatencyModel:
                 return max(own.quantile(self.quantile) - own.quantile(0.5), 0.0)
         return self._base_excess
 
+    def _own_tail(self, own: SortedWindow) -> float:
+        """The tail (``quantile``) of the samples of the variant in use: what the budget is compared with."""
+        return own.quantile(self.quantile)
+
     def _scaled(self, vid: str, load: float, jitter: float) -> float:
         median = self.base_p50[vid] * load * self._corr[vid]
         # the excess is capped at the median itself: right after a change of load the window of the variant in
@@ -168,7 +172,7 @@ class LatencyModel:
         if vid == self.current:
             own = self.windows[vid]
             if len(own) >= self.min_samples:
-                return own.quantile(self.quantile)
+                return self._own_tail(own)
             scaled = self._scaled(vid, load, jitter)
             return max(scaled, own.quantile(0.5)) if len(own) else scaled
         return self._scaled(vid, load, jitter)
@@ -196,6 +200,11 @@ class LatencyModel:
 
     def choose(self, budget_ms: float) -> Decision:
         """The variant to run next under ``budget_ms`` (see the module docstring for the rules)."""
+        steady = self._steady(budget_ms)
+        if steady is not None and not (self.probe_every and self.calls and self.calls % self.probe_every == 0):
+            if self._since_switch >= 4 * self.dwell:
+                self.dwell = self.base_dwell
+            return Decision(self.current, steady, True)
         load, jitter = self.load_factor(), self.jitter()
         preds = {v: self._predict(v, load, jitter) for v in self.order}
         cur = self.current
@@ -215,6 +224,18 @@ class LatencyModel:
                 self.probes += 1
                 return Decision(probe, preds[probe], True, probe=True)
         return Decision(target, preds[target], fits)
+
+    def _steady(self, budget_ms: float) -> float | None:
+        """The common case in O(1): the variant in use fits on its own samples and no upgrade is due (it is the
+        most accurate, or its dwell has not passed), so the rules keep it: its predicted tail; else None."""
+        cur = self.current
+        if cur is None or self._miss_streak >= 2 or (self._since_switch >= self.dwell and self._rank[cur]):
+            return None
+        own = self.windows[cur]
+        if len(own) < self.min_samples:
+            return None
+        pred = self._own_tail(own)
+        return pred if pred <= budget_ms else None
 
     def _switch(self, target: str) -> None:
         cur = self.current

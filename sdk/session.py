@@ -16,14 +16,19 @@ from .specs import TensorSpec, normalize_feeds
 class ThreadLastRun:
     """``last_run`` per thread: a session shared between threads reports to each the record of its own last call."""
 
+    def _thread_local(self) -> threading.local:
+        tls = self.__dict__.get("_tls")
+        if tls is None:  # created once (setdefault keeps the first under a race); not on every call
+            tls = self.__dict__.setdefault("_tls", threading.local())
+        return tls
+
     @property
     def last_run(self) -> dict | None:
-        tls = self.__dict__.setdefault("_tls", threading.local())
-        return getattr(tls, "record", None)
+        return getattr(self._thread_local(), "record", None)
 
     @last_run.setter
     def last_run(self, value: dict | None) -> None:
-        self.__dict__.setdefault("_tls", threading.local()).record = value
+        self._thread_local().record = value
 
 
 class Session(ThreadLastRun):
