@@ -27,8 +27,10 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{p}: no such ONNX file")
     try:
         model = onnx.load(str(p))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # protobuf DecodeError and friends: the one bad-file message of every command
+        from edgekit.loader import unreadable_error
+
+        raise unreadable_error(p, "onnx", exc) from None
     if not model.graph.node:
         raise ModelLoadError(f"{p}: the ONNX graph has no nodes (not an ONNX model?)")
     return model

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailable, EdgekitError, InputError, ModelLoadError, RunError
+from edgekit._quiet import filtered
+from edgekit.errors import BackendUnavailable, EdgekitError, InputError, RunError
+from edgekit.loader import unreadable_error
 from edgekit.specs import TensorSpec
 
 from . import register
@@ -226,23 +228,24 @@ class LiteRTBackend(Backend):
         content = Path(path).read_bytes()
 
         def make():
-            interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None)
-            interp.allocate_tensors()
+            with filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner (shown with --verbose)
+                interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None)
+                interp.allocate_tensors()
             return interp
 
         try:
             first = make()
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"{path}: cannot load TFLite model: {msg}") from None
+            raise unreadable_error(path, "tflite", exc) from None
         return LiteRTRunner(make, first)
 
     def inspect(self, path: Path) -> dict:
         Interpreter = interpreter_class()
         try:
-            interp = Interpreter(model_path=str(path))
+            with filtered():
+                interp = Interpreter(model_path=str(path))
         except Exception as exc:
-            raise ModelLoadError(f"{path}: cannot load TFLite model: {exc}") from None
+            raise unreadable_error(path, "tflite", exc) from None
         ops = interp._get_ops_details()
         produced = {t for op in ops for t in op["outputs"]}
         graph_inputs = {d["index"] for d in interp.get_input_details()}

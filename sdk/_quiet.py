@@ -17,7 +17,9 @@ import contextlib
 import ctypes
 import io
 import os
+import re
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,25 @@ _lock = threading.RLock()
 _owner: int | None = None  # thread id of the outermost active region
 _depth = 0
 _real_fds: tuple[int, int] | None = None  # dups of fd 1 and fd 2 taken on entering the outermost region
+_verbose = False
+
+#: lines native libraries print that say nothing to a user (dropped by :func:`filtered` unless verbose)
+NOISE: tuple[re.Pattern, ...] = (
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate"),
+    re.compile(r"^INFO: Initialized TensorFlow Lite runtime"),
+    re.compile(r"Failed to load _MLModelProxy"),
+)
+
+
+def set_verbose(on: bool) -> None:
+    """Process-wide: show library output as it comes (the CLI's ``--verbose``; also ``EDGEKIT_VERBOSE=1``)."""
+    global _verbose
+    _verbose = bool(on)
+
+
+def verbose() -> bool:
+    """Whether library output is shown (``set_verbose(True)`` or ``EDGEKIT_VERBOSE=1``)."""
+    return _verbose or os.environ.get("EDGEKIT_VERBOSE", "") not in ("", "0")
 
 
 def _fflush_libc() -> None:
@@ -132,13 +153,45 @@ def captured(log_path: Path | None, verbose: bool = False) -> Iterator[None]:
     ``verbose=True`` passes the output through to where it went before, and still copies it into the log.
     Nestable; see the module docstring for the threading limits.
     """
+    if verbose and log_path is None:
+        yield
+        return
+    with _region(_open_sink(log_path), verbose):
+        yield
+
+
+@contextlib.contextmanager
+def filtered(noise: tuple[re.Pattern, ...] | None = None) -> Iterator[list[str]]:
+    """Capture a block's output, then re-emit on stderr the lines that are not known noise (all with --verbose).
+
+    Yields a list that holds every captured line once the block is over (for error messages). For short native
+    calls that print a banner, e.g. LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU.".
+    """
+    lines: list[str] = []
+    tmp = tempfile.TemporaryFile()  # unlinked at once: nothing is left on disk
+    try:
+        with _region(os.dup(tmp.fileno()), False):
+            yield lines
+    finally:
+        tmp.seek(0)
+        lines += tmp.read().decode("utf-8", "replace").splitlines()
+        tmp.close()
+        patterns = NOISE if noise is None else noise
+        keep = lines if verbose() else [x for x in lines if not any(p.search(x) for p in patterns)]
+        if keep:
+            _flush_python()
+            with contextlib.suppress(OSError):
+                os.write(2, ("\n".join(keep) + "\n").encode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def _region(sink: int, verbose: bool) -> Iterator[None]:
+    """Point fd 1/2 (and new Python streams on them) at ``sink`` (closed on exit); tee when ``verbose``."""
     global _owner, _depth, _real_fds
     me = threading.get_ident()
     with _lock:
-        if sys.platform == "win32" or (_owner is not None and _owner != me) or (verbose and log_path is None):
-            active = False
-        else:
-            active = True
+        active = sys.platform != "win32" and _owner in (None, me)
+        if active:
             _flush_python()
             _fflush_libc()
             saved = (os.dup(1), os.dup(2))
@@ -146,9 +199,9 @@ def captured(log_path: Path | None, verbose: bool = False) -> Iterator[None]:
                 _owner, _real_fds = me, (os.dup(1), os.dup(2))
             _depth += 1
     if not active:
+        os.close(sink)
         yield
         return
-    sink = _open_sink(log_path)
     tees: list[_Tee] = []
     if verbose:  # log + the previous destination, each stream on its own pipe
         tees = [_Tee([saved[0], sink]), _Tee([saved[1], sink])]

@@ -50,7 +50,9 @@ def graph_cost(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot parse ONNX model: {exc}") from None
+        from .loader import unreadable_error
+
+        raise unreadable_error(path, "onnx", exc) from None
     for vi in model.graph.input:
         for d in vi.type.tensor_type.shape.dim:
             if not d.HasField("dim_value"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import runtimes
 from ._fs import size_of
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, ModelLoadError
 from .formats import detect_format
 
 
@@ -26,7 +26,12 @@ def inspect_model(path: str | Path) -> dict:
         }
     backend = next(b for b in runtimes.all_backends() if fmt in b.formats)
     info: dict = {"path": str(p), "format": fmt, "size": size_of(p)}
-    info.update(backend.inspect(p))
+    try:
+        info.update(backend.inspect(p))
+    except ModelLoadError as exc:
+        from .loader import unreadable_error
+
+        raise unreadable_error(p, fmt, exc) from None
     if "inputs" not in info:
         try:
             from .loader import load

@@ -1,4 +1,4 @@
-"""``edgekit.load``: open any supported model file or bundle as a :class:`Session`."""
+"""``edgekit.load``: open any supported model file or bundle as a :class:`Session`; the one message for a bad file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runtimes
-from .errors import InputError
+from .errors import EdgekitError, InputError, ModelLoadError
 from .formats import detect_format
 from .session import Session
 
@@ -34,8 +34,53 @@ def load(path: str | Path, backend: str = "auto", **options: Any) -> Session:
             from .errors import BackendUnavailable
 
             raise BackendUnavailable(f"backend {backend!r} is not usable here: {why}")
-    runner = chosen.open(p, **options)
+    try:
+        runner = chosen.open(p, **options)
+    except ModelLoadError as exc:
+        raise unreadable_error(p, fmt, exc) from None
     return Session(runner, path=p, fmt=fmt)
+
+
+_FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite"}
+
+
+def unreadable_error(path: str | Path, fmt: str, exc: BaseException | None = None) -> EdgekitError:
+    """The error to raise when reading ``path`` as ``fmt`` failed with ``exc``.
+
+    A file that is not a well-formed model of its format (corrupt, truncated, another format) gets the one message
+    every command shows: "cannot read PATH: not a valid ONNX file (truncated or corrupt)". Otherwise ``exc`` itself
+    when it is an :class:`EdgekitError`, else a :class:`ModelLoadError` with its first line.
+    """
+    broken_flatbuffer = fmt == "tflite" and "not a valid flatbuffer" in str(exc or "").lower()
+    if fmt in _FORMAT_NAMES and (broken_flatbuffer or not _well_formed(Path(path), fmt)):
+        return ModelLoadError(f"cannot read {path}: not a valid {_FORMAT_NAMES[fmt]} file (truncated or corrupt)")
+    if isinstance(exc, EdgekitError):
+        return exc
+    text = str(exc or "").strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    return ModelLoadError(f"cannot read {path}: cannot load {_FORMAT_NAMES.get(fmt, fmt)} model: {detail}")
+
+
+def _well_formed(path: Path, fmt: str) -> bool:
+    """Whether ``path`` parses as a complete ``fmt`` container (ONNX protobuf with a graph, TFLite flatbuffer)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            model = onnx.load_model_from_string(data)
+            return model.ir_version > 0 and len(model.graph.node) > 0
+        from ai_edge_litert import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
+        return data[4:8] == b"TFL3" and bool(model.subgraphs) and model.buffers is not None
+    except ImportError:  # no schema to check TFLite with: trust the runtime's own error
+        return True
+    except Exception:  # protobuf DecodeError, flatbuffer offsets out of range, ...
+        return False
 
 
 def backends() -> list[dict]:

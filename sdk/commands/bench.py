@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit._quiet import progress_enabled
 from edgekit.bench import benchmark, percentiles
 
 from ._common import open_model, print_json
@@ -32,7 +33,7 @@ def register(sub) -> None:
 def run(args) -> int:
     sess, feeds, budget, bundle = open_model(args, args.plot)
     fn = sess.run if budget is None or bundle else (lambda f: sess.run(f, budget_ms=budget))
-    stats = benchmark(fn, feeds, runs=args.runs, warmup=args.warmup, progress=not args.json)
+    stats = benchmark(fn, feeds, runs=args.runs, warmup=args.warmup, progress=progress_enabled(not args.json))
     lat = stats.pop("latencies_ms")
     stats.update({"model": args.model, "backend": sess.backend, "variant": getattr(sess, "variant", None)})
     if budget is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from edgekit.cli import main
 
+import models
 from models import ort_reference
 
 
@@ -66,14 +67,41 @@ def test_bench_json(capsys, cnn_onnx):
     assert stats["backend"] == "onnxruntime"
 
 
-def test_run_inspect_bench_tflite_and_tvm(capsys, tflite_mlp, tvm_mlp):
-    for model in (tflite_mlp[0], tvm_mlp):
-        for argv in (["inspect", str(model), "--json"], ["run", str(model), "--json"],
-                     ["bench", str(model), "--runs", "5", "--warmup", "1", "--json"]):
-            code, out, err = _cli(capsys, *argv)
-            assert code == 0, err
-            json.loads(out)
-    code, out, _ = _cli(capsys, "inspect", str(tflite_mlp[0]), "--json")
+def test_run_inspect_bench_tflite_and_tvm(capsys, tflite_mlp, mlp_onnx, tvm_mlp):
+    """The JSON of inspect/run/bench says what the model is and what it computed (checked against ORT)."""
+    import edgekit
+    from edgekit.specs import random_feeds
+
+    tfl, src = tflite_mlp
+    for model, source, backend in ((tfl, src, "litert"), (tvm_mlp, mlp_onnx, "tvm")):
+        with edgekit.load(model) as sess:
+            specs = [s.to_json() for s in sess.inputs]
+            ref = ort_reference(source, random_feeds(sess.inputs, seed=0))  # the feeds `run` makes (seed 0)
+        code, out, err = _cli(capsys, "inspect", str(model), "--json")
+        assert code == 0, err
+        info = json.loads(out)
+        assert info["format"] == ("tflite" if backend == "litert" else "tvm") and info["inputs"] == specs
+        code, out, err = _cli(capsys, "run", str(model), "--json")
+        assert code == 0, err
+        rep = json.loads(out)
+        assert rep["backend"] == backend and rep["model"] == str(model)
+        got = {r["name"]: r for r in rep["outputs"]}
+        assert set(got) == set(ref)
+        for name, want in ref.items():
+            r = got[name]
+            assert r["shape"] == list(want.shape) and r["dtype"] == want.dtype.name
+            # summary statistics of the real outputs, to fp32 conversion error (1e-4 relative)
+            for key, v in (("min", want.min()), ("max", want.max()), ("mean", want.mean())):
+                assert r[key] == pytest.approx(float(v), rel=1e-4, abs=1e-5), (model, name, key)
+            if "argmax" in r:
+                assert r["argmax"] == np.argmax(want.reshape(-1, want.shape[-1]), axis=-1)[:8].tolist()
+        code, out, err = _cli(capsys, "bench", str(model), "--runs", "5", "--warmup", "1", "--json")
+        assert code == 0, err
+        stats = json.loads(out)
+        assert stats["runs"] == 5 and stats["warmup"] == 1 and stats["backend"] == backend
+        assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+        assert stats["throughput_per_s"] == pytest.approx(1e3 / stats["mean_ms"], rel=0.5)
+    code, out, _ = _cli(capsys, "inspect", str(tfl), "--json")
     info = json.loads(out)
     assert info["format"] == "tflite" and "FULLY_CONNECTED" in info["ops"] and info["parameters"] >= 170
 
@@ -121,3 +149,70 @@ def test_console_script_runtime_failure_exit_1(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = subprocess.run([sys.executable, "-m", "edgekit.cli", "--debug", *argv], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" in res.stderr
+
+
+def _bad_files(tmp_path, good_onnx):
+    trunc = tmp_path / "model.onnx"
+    trunc.write_bytes(good_onnx.read_bytes()[:300])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    return trunc, text
+
+
+def test_bad_model_file_gives_one_message_everywhere(capsys, tmp_path, bert_onnx):
+    """inspect, run, bench and convert: the same one line and exit 2 for a truncated or wrong-format file."""
+    for bad in _bad_files(tmp_path, bert_onnx):
+        want = f"edgekit: error: cannot read {bad}: not a valid ONNX file (truncated or corrupt)\n"
+        for argv in (["inspect", str(bad)], ["run", str(bad)], ["bench", str(bad), "--runs", "2"],
+                     ["convert", str(bad), "-o", str(tmp_path / "out"), "--to", "onnx", "--quantize", "fp32"]):
+            code, out, err = _cli(capsys, *argv)
+            assert (code, err) == (2, want), argv
+            code, _, err = _cli(capsys, *argv, "--debug")  # after the command too; same exit status
+            assert code == 2 and "Traceback" in err and err.endswith(want), argv
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_tflite_file(capsys, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    good = models.tiny_tflite(tmp_path / "tiny.tflite").read_bytes()
+    bad = tmp_path / "bad.tflite"
+    for data in (good[:200], b"\xf0\xff\x00\x00" + good[4:]):  # truncated; root table offset out of range
+        bad.write_bytes(data)
+        for command in ("inspect", "run"):
+            code, _, err = _cli(capsys, command, str(bad))
+            assert (code, err) == (2, f"edgekit: error: cannot read {bad}: not a valid TFLite file "
+                                      "(truncated or corrupt)\n")
+
+
+def _console(*argv, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *argv], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_litert_banner_only_with_verbose(tmp_path):
+    """LiteRT prints "Created TensorFlow Lite XNNPACK delegate" once per process: fresh processes only."""
+    pytest.importorskip("ai_edge_litert")
+    model = str(models.tiny_tflite(tmp_path / "tiny.tflite"))
+    for argv in (["run", model], ["inspect", model], ["bench", model, "--runs", "3"]):
+        res = _console(*argv)
+        assert res.returncode == 0 and "XNNPACK" not in res.stdout + res.stderr, (argv, res.stderr)
+    res = _console("run", model, "--json")
+    assert json.loads(res.stdout)["outputs"][0]["shape"] == [1, 4]  # stdout is the JSON alone
+    for argv in (["run", model, "--verbose"], ["--verbose", "run", model]):
+        res = _console(*argv)
+        assert res.returncode == 0 and "Created TensorFlow Lite XNNPACK delegate" in res.stderr, argv
+        assert "ran " in res.stdout
+
+
+def test_global_flags_before_and_after_the_command(capsys):
+    for argv in (["--debug", "inspect", "/no/model.onnx"], ["inspect", "/no/model.onnx", "--debug"],
+                 ["inspect", "/no/model.onnx"], ["--verbose", "inspect", "/no/model.onnx", "--debug"]):
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2 and "no such file" in err.splitlines()[-1], argv
+        assert ("Traceback" in err) == ("--debug" in argv), argv
+
+
+def test_bench_prints_no_progress_bar_on_a_pipe(tmp_path, mlp_onnx):
+    res = _console("bench", str(mlp_onnx), "--runs", "300", "--warmup", "1")
+    assert res.returncode == 0 and "it/s" not in res.stderr and "run/s" not in res.stderr
+    assert "p50" in res.stdout
