@@ -517,3 +517,27 @@ def sequence_model():
     g = helper.make_graph(nodes, "sequences", [_io("x", [6, 4]), seq_i],
                           [seq_f, _io("second", [2, 4]), _io("joined", ["n"], TensorProto.INT64)], inits)
     return _model(g)
+
+
+# -- TVM isolation and memory (issue 12 item 5, issue 13 items 2 and 6) -------------------------------------------
+
+def wide_mlp(width: int = 512, seed: int = 0):
+    """x[1, width] -> MatMul [width, width] -> Relu -> y[1, width]: ~1 MB of weights, so that a per-open leak of
+    the weights' size shows in RSS within a few hundred session opens."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    return float_graph("wide_mlp", nodes, {"x": [1, width]}, {"y": [1, width]},
+                       [numpy_helper.from_array(_w(rng, width, width, scale=1 / np.sqrt(width)), "w")])
+
+
+def split_needs_height(seed: int = 0):
+    """x[1, 3, H, W] (dynamic H, W) -> Split along H into 2 + 2 rows -> Relu(top) + bottom -> y: only H = 4 works, so
+    guessing dynamic dims as 1 leaves shape inference without types (composites must ask for --input-shape)."""
+    n = helper.make_node
+    nodes = [n("Split", ["x", "sizes"], ["top", "bottom"], axis=2), n("Relu", ["top"], ["r"]),
+             n("Add", ["r", "bottom"], ["y"])]
+    g = helper.make_graph(nodes, "split_needs_height", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                       [1, 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, "W"])],
+                          [numpy_helper.from_array(np.array([2, 2], np.int64), "sizes")])
+    return _model(g)
