@@ -77,6 +77,35 @@ def _static_model(model: Any, input_shapes: dict | None) -> Any:
             raise ConversionError(f"shape inference failed on the model: {str(exc).splitlines()[0]}") from None
 
 
+def defaulted_dims(model: Any, input_shapes: dict | None) -> dict[str, list]:
+    """{input: shape, dynamic dims by name or ``"?"``} for inputs whose dynamic dims ``_static_model`` fixes to 1
+    (no shape given in ``input_shapes``)."""
+    init = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in init or (input_shapes or {}).get(vi.name) is not None:
+            continue
+        if any(not d.HasField("dim_value") for d in dims):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    return out
+
+
+def _extract(model: Any, seg, name: str, defaulted: dict[str, list]) -> Any:
+    """``extract_segment``; where shapes are unknown because dynamic dims were guessed as 1, say which inputs."""
+    try:
+        return extract_segment(model, seg, name)
+    except ConversionError as exc:
+        if "no type is known" not in str(exc) or not defaulted:
+            raise
+        shapes = ", ".join(f"{n} [{','.join(map(str, dims))}]" for n, dims in defaulted.items())
+        example = " ".join(f"--input-shape {n}={','.join(map(str, dims))}" for n, dims in defaulted.items())
+        raise ConversionError(
+            f"{exc.args[0].split(' (shape inference')[0]}: TVM kernels need static shapes, and the dynamic dims of "
+            f"input(s) {shapes} were set to 1, which this model does not accept; give the real shapes with "
+            f"{example} (input_shapes={{name: shape}} in the API)") from None
+
+
 def _spec(vi) -> TensorSpec:
     from onnx import helper
 
@@ -147,7 +176,9 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
             raise InputError(f"board {b!r}: the only device suffix is ':metal', on Apple boards (e.g. apple-m1:metal)")
         if not bt.is_apple:
             check_cross_compiler(bt.cc, bt.board)
-    model = _static_model(onnx.load(str(src)), input_shapes)
+    source = onnx.load(str(src))
+    defaulted = defaulted_dims(source, input_shapes)
+    model = _static_model(source, input_shapes)
     part = plan_partition(model, target_format, fallback_ops)
     _check_tvm_covers(model, part, target_format)
     out = Path(out_dir)
@@ -161,7 +192,7 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
         seg_dir.mkdir()
         for seg in part.segments:
             name = f"step{seg.index}"
-            sub = extract_segment(model, seg, name)
+            sub = _extract(model, seg, name, defaulted)
             ins = [_spec(v) for v in sub.graph.input]
             outs = [_spec(v) for v in sub.graph.output]
             for s in (*ins, *outs):
@@ -176,8 +207,10 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
                     if bar is not None:
                         bar.set_postfix_str(f"{name} TVM {board}")
                     base, _, device = board.partition(":")
+                    ops = ", ".join(step["ops"])
                     lib = compile_for_board(sub, tmp / f"{name}.{board.replace(':', '-')}", base,
-                                            device=device or "cpu")
+                                            device=device or "cpu",
+                                            what=f"compiling segment {seg.index} (ops: {ops}) for {board}")
                     step["artifacts"][board] = lib.with_suffix(".json").name
                     if bar is not None:
                         bar.update()

@@ -1,8 +1,13 @@
 """TVM backend: runs a Relax VM executable (``export_library`` .so) described by a JSON signature.
 
 The JSON sidecar (same stem, ``.json``) holds ``{"format": "edgekit-tvm", "library": ..., "inputs": [...],
-"outputs": [...], "target": ...}``. Only the TVM runtime is loaded (``TVM_USE_RUNTIME_LIB=1``) unless the
-compiler was already imported in this process.
+"outputs": [...], "target": ...}``. Only the TVM runtime is loaded unless the compiler was already imported in
+this process: ``TVM_USE_RUNTIME_LIB=1`` is set just around ``import tvm`` and removed right after, so neither
+later code nor child processes inherit it (compiles run in their own child, see converters/tvm_child.py).
+
+Memory: ``tvm.runtime.load_module`` never frees what it loads (about the weights' size per call), so loaded
+libraries are cached per file content (sha256) and shared by every session of that file; ``close()`` drops the
+session's VMs. Reopening a model costs no memory after its first open.
 
 Threads: TVM's CPU thread pool belongs to the OS thread that calls the kernels, and its capacity is fixed when
 that thread first runs TVM code, from ``TVM_NUM_THREADS`` (unset: TVM's default, half the hardware threads on
@@ -16,6 +21,7 @@ before cannot grow: the session then runs with what it has and warns once (Runti
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import queue
@@ -35,16 +41,45 @@ from . import register
 from .base import Backend, Runner, read_tagged_json
 
 SIGNATURE_FORMAT = "edgekit-tvm"
+RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
 
 
 def import_tvm_runtime():
-    """Import TVM, runtime-only unless the compiler is already loaded."""
-    if "tvm" not in sys.modules:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    """Import TVM, runtime-only unless the compiler is already loaded; the switch does not outlive the import."""
+    if "tvm" not in sys.modules and RUNTIME_ONLY_ENV not in os.environ:
+        os.environ[RUNTIME_ONLY_ENV] = "1"
+        try:
+            import tvm  # noqa: F401
+        finally:
+            os.environ.pop(RUNTIME_ONLY_ENV, None)
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
     return tvm, VirtualMachine
+
+
+_MODULES: dict[str, Any] = {}  # sha256 of a library file -> its loaded module (load_module never frees)
+_MODULES_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_library(tvm, lib_path: Path):
+    """The loaded module of ``lib_path``, loaded once per file content in this process."""
+    key = file_sha256(lib_path)
+    with _MODULES_LOCK:
+        if key not in _MODULES:
+            try:
+                _MODULES[key] = tvm.runtime.load_module(str(lib_path))
+            except Exception as exc:
+                raise ModelLoadError(f"{lib_path}: cannot load TVM library: {str(exc).splitlines()[0]}") from None
+        return _MODULES[key]
 
 
 def read_signature(path: Path) -> tuple[dict, Path]:
@@ -130,10 +165,7 @@ class TvmRunner(Runner):
     def __init__(self, meta: dict, lib_path: Path, threads: int | None):
         tvm, VirtualMachine = import_tvm_runtime()
         self._tvm = tvm
-        try:
-            self._lib = tvm.runtime.load_module(str(lib_path))
-        except Exception as exc:
-            raise ModelLoadError(f"{lib_path}: cannot load TVM library: {str(exc).splitlines()[0]}") from None
+        self._lib = load_library(tvm, lib_path)
         self._entry = meta.get("entry", "main")
         self._dev = tvm.metal() if meta.get("device") == "metal" else tvm.cpu()
         self._make = lambda: VirtualMachine(self._lib, self._dev)
@@ -151,11 +183,13 @@ class TvmRunner(Runner):
             raise_pool_capacity(threads)
 
     def run(self, feeds, output_names):
-        tvm = self._tvm
+        tvm, pool, make = self._tvm, self._pool, self._make
+        if pool is None or make is None:
+            raise RunError("TVM: the session is closed")
         try:
-            vm = self._pool.get_nowait()
+            vm = pool.get_nowait()
         except queue.Empty:
-            vm = self._make()
+            vm = make()
         try:
             if self._dev.dlpack_device_type() == 1:
                 set_thread_pool(tvm, self.threads)
@@ -164,7 +198,7 @@ class TvmRunner(Runner):
         except Exception as exc:
             raise RunError(f"TVM failed: {str(exc).splitlines()[0]}") from exc
         finally:
-            self._pool.put(vm)
+            pool.put(vm)
         values = [res] if hasattr(res, "numpy") else list(res)
         out = {}
         for spec, value in zip(self.outputs, values):
@@ -172,6 +206,10 @@ class TvmRunner(Runner):
                 # zero-copy on the CPU: the VM allocates fresh outputs per call
                 out[spec.name] = np.from_dlpack(value) if self._dev.dlpack_device_type() == 1 else value.numpy()
         return out
+
+    def close(self) -> None:
+        """Drop this session's VMs (the loaded library stays cached for the next session of the same file)."""
+        self._pool, self._make = None, None
 
 
 @register

@@ -28,15 +28,28 @@ def test_tvm_module_matches_onnxruntime(tvm_mlp, mlp_onnx):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # TVM vs ORT fp32 kernels
 
 
-def test_tvm_loads_runtime_only(tvm_mlp):
-    code = (
-        "import sys, numpy as np, edgekit;"
-        f"s = edgekit.load({str(tvm_mlp)!r});"
-        "s.run({'x': np.zeros((3, 16), np.float32)});"
-        "import os; print(os.environ.get('TVM_USE_RUNTIME_LIB'))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
+def test_tvm_loads_runtime_only_and_leaves_no_switch_behind(tvm_mlp):
+    """A fresh process that runs a TVM session maps TVM's runtime library but not its compiler, and neither it nor
+    a child it starts keeps TVM_USE_RUNTIME_LIB: the child imports the full TVM (its compiler API is there)."""
+    code = textwrap.dedent(f"""
+        import json, os, subprocess, sys
+        import numpy as np, edgekit
+        edgekit.load({str(tvm_mlp)!r}).run({{'x': np.zeros((3, 16), np.float32)}})
+        libs = {{os.path.basename(line.split()[-1]) for line in open('/proc/self/maps') if '.so' in line}}
+        child = subprocess.run([sys.executable, '-c', 'import tvm, tvm.target.codegen as c; '
+                                'print(tvm.base._RUNTIME_ONLY, bool(c.llvm_get_system_cpu()))'],
+                               capture_output=True, text=True)
+        print(json.dumps({{"runtime": "libtvm_runtime.so" in libs, "compiler": "libtvm_compiler.so" in libs,
+                           "env": os.environ.get("TVM_USE_RUNTIME_LIB"), "child": child.stdout.split(),
+                           "err": child.stderr[-500:]}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["runtime"] and not res["compiler"]  # the session loaded the runtime only
+    assert res["env"] is None                      # the switch did not outlive the import
+    assert res["child"] == ["False", "True"], res["err"]  # a child gets the compiler, and its API works
 
 
 def test_tvm_bad_files(tmp_path, tvm_mlp):
