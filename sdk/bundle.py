@@ -136,6 +136,10 @@ class Bundle:
             p = self._inside(rel)
             if not p.exists():
                 raise ModelLoadError(f"{self.path}: variant {v.id}: {rel} is missing")
+            link = _first_symlink(self.path / str(rel))
+            if link is not None:
+                raise ModelLoadError(f"{self.path}: variant {v.id}: {link} is a symlink (a bundle holds regular "
+                                     f"files only: what it points to is not what was hashed)")
             if sha256_path(p) != digest:
                 raise ModelLoadError(f"{self.path}: variant {v.id}: sha256 of {rel} does not match the manifest")
             hashed[p] = rel
@@ -201,6 +205,20 @@ class Bundle:
                 "runs_here": _backend_for(v, "auto") is not None,
             })
         return rows
+
+
+def _first_symlink(p: Path) -> Path | None:
+    """``p`` itself or the first symlink (to a file or a folder) inside the tree of folder ``p``, else None."""
+    import os
+
+    if p.is_symlink():
+        return p
+    if p.is_dir():
+        for top, dirs, files in os.walk(p):
+            for name in sorted(dirs + files):
+                if (Path(top) / name).is_symlink():
+                    return Path(top) / name
+    return None
 
 
 def rank_key(v: Variant) -> tuple:

@@ -58,14 +58,32 @@ def tflite_mlp(model_dir):
     return exp.export(src, model_dir / "two_in_two_out.tflite", "fp32"), src
 
 
+def reuse_dir(name: str, tmp_path_factory) -> tuple[Path, bool]:
+    """(folder for a slow build, whether it is already built): under ``$EDGEKIT_TEST_CACHE/name`` when that is set
+    (benchmarks/mutation.sh sets it: hundreds of pytest runs of the same TVM builds), else a fresh temp folder."""
+    import os
+
+    root = os.environ.get("EDGEKIT_TEST_CACHE")
+    if not root:
+        return tmp_path_factory.mktemp(name), False
+    d = Path(root) / name
+    done = (d / ".built").is_file()
+    d.mkdir(parents=True, exist_ok=True)
+    return d, done
+
+
 @pytest.fixture(scope="session")
 def tvm_mlp(tmp_path_factory, mlp_onnx):
     """A TVM Relax module compiled for the host from tests/models.py's MLP (batch fixed to 3)."""
     pytest.importorskip("tvm")
     from edgekit.converters.tvm_compile import compile_onnx
 
-    out = tmp_path_factory.mktemp("tvm") / "mlp.so"
-    return compile_onnx(mlp_onnx, out, target="llvm", shape_dict={"x": [3, 16]})
+    d, built = reuse_dir("tvm", tmp_path_factory)
+    if built:
+        return d / "mlp.so"
+    lib = compile_onnx(mlp_onnx, d / "mlp.so", target="llvm", shape_dict={"x": [3, 16]})
+    (d / ".built").touch()
+    return lib
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import edgekit
 from edgekit import ModelLoadError
 from edgekit.bundle_writer import BundleWriter
 
+import models
+
 
 def _bundle(tmp_path, artifact, fmt="onnx", **kw):
     sess = edgekit.load(artifact)
@@ -96,3 +98,115 @@ def test_best_prefers_the_variant_taking_more_shapes(tmp_path, mlp_onnx):
     assert sess.variant == "dyn"
     assert sess.run({"x": np.ones((3, 16), np.float32)})["logits"].shape == (3, 10)
     assert edgekit.load(tmp_path / "b", variant="fixed").inputs[0].shape[0] == 1
+
+
+def _flip_byte(path, offset: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(b, **changes) -> dict:
+    """Apply ``changes`` to the first variant of bundle ``b`` and write the manifest back."""
+    m = json.loads((b / "manifest.json").read_text())
+    m["variants"][0].update(changes)
+    (b / "manifest.json").write_text(json.dumps(m))
+    return m["variants"][0]
+
+
+def test_flipped_byte_in_a_tvm_library_companion_is_refused(tmp_path, tvm_mlp):
+    """The .so is a files[] companion of the TVM variant: its own sha256 check refuses it (the signature, the
+    artifact itself, is untouched)."""
+    b = _bundle(tmp_path, tvm_mlp.with_suffix(".json"), fmt="tvm")
+    so = next(b / f["path"] for f in json.loads((b / "manifest.json").read_text())["variants"][0]["files"])
+    _flip_byte(so, so.stat().st_size // 2)
+    with pytest.raises(ModelLoadError, match=r"sha256 of \S*mlp\.so does not match"):
+        edgekit.load(b)
+
+
+@pytest.mark.parametrize("bad", ["../outside.so", "v/../../outside.so", "/etc/passwd"])
+def test_companion_paths_must_stay_inside(tmp_path, mlp_onnx, bad):
+    b = _bundle(tmp_path, mlp_onnx)
+    (tmp_path / "outside.so").write_bytes(b"x")
+    _edit_manifest(b, files=[{"path": bad, "sha256": "0"}])
+    with pytest.raises(ModelLoadError, match="leaves the bundle"):
+        edgekit.load(b)
+
+
+def test_absolute_artifact_path_is_refused(tmp_path, mlp_onnx):
+    b = _bundle(tmp_path, mlp_onnx)
+    from edgekit._fs import sha256_path
+
+    _edit_manifest(b, path=str(mlp_onnx.resolve()), sha256=sha256_path(mlp_onnx))   # right hash, outside path
+    with pytest.raises(ModelLoadError, match="leaves the bundle"):
+        edgekit.load(b)
+
+
+def test_symlinked_artifact_or_companion_pointing_outside_is_refused(tmp_path, tvm_mlp):
+    """Same content (the hashes match), but the file lives outside the bundle."""
+    b = _bundle(tmp_path, tvm_mlp.with_suffix(".json"), fmt="tvm")
+    v = json.loads((b / "manifest.json").read_text())["variants"][0]
+    for rel in (v["files"][0]["path"], v["path"]):
+        target = b / rel
+        outside = tmp_path / f"outside-{target.name}"
+        shutil.copy(target, outside)
+        target.unlink()
+        target.symlink_to(outside)
+        with pytest.raises(ModelLoadError, match="leaves the bundle"):
+            edgekit.load(b)
+
+
+def test_missing_artifact_is_refused(tmp_path, mlp_onnx):
+    b = _bundle(tmp_path, mlp_onnx)
+    (b / json.loads((b / "manifest.json").read_text())["variants"][0]["path"]).unlink()
+    with pytest.raises(ModelLoadError, match="is missing"):
+        edgekit.load(b, variant="v")
+
+
+@pytest.fixture(scope="module")
+def composite_dir(tmp_path_factory):
+    """A composite folder (ONNX Runtime segments + a host TVM kernel for Relu) of a batch-2 MLP."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit[tvm]')")
+    from conftest import reuse_dir
+
+    from edgekit.converters.composite import build_composite
+
+    d, built = reuse_dir("composite", tmp_path_factory)
+    if not built:
+        src = models.save(models.mlp(batch=2), d / "mlp2.onnx")
+        build_composite(src, d / "mlp2", "onnx", fallback_ops=["Relu"], boards=["host"])
+        (d / ".built").touch()
+    return d / "mlp2"
+
+
+def _composite_bundle(tmp_path, composite_dir):
+    b = _bundle(tmp_path, composite_dir, fmt="composite")
+    x = {"x": np.ones((2, 16), np.float32)}
+    assert edgekit.load(b).run(x)["logits"].shape == (2, 10)
+    return b, b / json.loads((b / "manifest.json").read_text())["variants"][0]["path"]
+
+
+def test_tampered_file_inside_a_composite_folder_is_refused(tmp_path, composite_dir):
+    """A flipped byte in the TVM kernel inside the folder, or an edited plan.json: the folder's hash changes."""
+    for victim in ("*.so", "plan.json"):
+        b, folder = _composite_bundle(tmp_path / victim.strip("*."), composite_dir)
+        f = next(folder.rglob(victim))
+        if victim == "plan.json":
+            f.write_text(f.read_text().replace('"host"', '"host" ', 1))
+        else:
+            _flip_byte(f, f.stat().st_size // 2)
+        with pytest.raises(ModelLoadError, match="sha256 of .* does not match"):
+            edgekit.load(b)
+
+
+def test_symlink_inside_a_composite_folder_is_refused(tmp_path, composite_dir):
+    """A kernel replaced by a symlink to an identical file outside the bundle (the folder's hash still matches):
+    a bundle holds regular files only."""
+    b, folder = _composite_bundle(tmp_path, composite_dir)
+    lib = next(folder.rglob("*.so"))
+    outside = tmp_path / "outside.so"
+    shutil.copy(lib, outside)
+    lib.unlink()
+    lib.symlink_to(outside)
+    with pytest.raises(ModelLoadError, match="is a symlink"):
+        edgekit.load(b)
