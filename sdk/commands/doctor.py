@@ -72,6 +72,28 @@ def delegates(available: set[str]) -> list[dict]:
     return rows
 
 
+def apt_package(compiler: str) -> str:
+    """The Debian/Ubuntu package of a cross compiler: ``aarch64-linux-gnu-g++`` -> ``g++-aarch64-linux-gnu``."""
+    for tool in ("g++", "gcc"):
+        if compiler.endswith(f"-{tool}"):
+            return f"{tool}-{compiler[: -len(tool) - 1]}"
+    return compiler
+
+
+def cross_compilers() -> list[dict]:
+    """Each cross compiler a board profile needs (``--board``): found on PATH or the command installing it."""
+    needed: dict[str, list[str]] = {}
+    for prof in boards.profiles():
+        if prof.cross_compiler:
+            needed.setdefault(prof.cross_compiler, []).append(prof.name)
+    rows = []
+    for cc, names in needed.items():
+        found = shutil.which(cc)
+        rows.append({"compiler": cc, "boards": names, "found": found is not None, "path": found,
+                     "install": None if found else f"apt-get install {apt_package(cc)}"})
+    return rows
+
+
 def diagnose(deep: bool = False) -> dict:
     """Everything ``doctor`` reports, as a dict; ``deep`` imports each installed optional module."""
     rows = backends()
@@ -84,12 +106,7 @@ def diagnose(deep: bool = False) -> dict:
         if deep and present:
             row["import_error"] = check_import(mod)
         mods.append(row)
-    compilers = []
-    for prof in boards.profiles():
-        if prof.cross_compiler and prof.cross_compiler not in [c["compiler"] for c in compilers]:
-            found = shutil.which(prof.cross_compiler)
-            compilers.append({"compiler": prof.cross_compiler, "found": found is not None, "path": found,
-                              "install": None if found else "apt install g++-aarch64-linux-gnu"})
+    compilers = cross_compilers()
     todo = []
     for r in rows:
         reason = r["reason"] or ""
@@ -102,8 +119,8 @@ def diagnose(deep: bool = False) -> dict:
     todo += [f"{m['module']} ({m['for']}): {m['install']}" for m in mods if not m["installed"]]
     todo += [f"{m['module']} is installed but does not import: {m['import_error']} (reinstall: "
              f"{_hint(pkg)})" for m, (_, pkg, _) in zip(mods, OPTIONAL) if m.get("import_error")]
-    todo += [f"{c['compiler']} (TVM cross-compiling for aarch64 boards): {c['install']}" for c in compilers
-             if not c["found"]]
+    todo += [f"{c['compiler']} (edgekit compile/convert --board {','.join(c['boards'])}): {c['install']}"
+             for c in compilers if not c["found"]]
     return {
         "edgekit": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "machine": platform.machine(),
@@ -129,6 +146,9 @@ def run(args) -> int:
     print(table([{"module": m["module"], "installed": m["installed"], "for": m["for"]}
                  | ({"imports": m["installed"] and not m.get("import_error")} if args.deep else {})
                  for m in rep["modules"]]))
+    print()
+    print(table([{"cross compiler": c["compiler"], "found": c["found"], "for --board": ", ".join(c["boards"]),
+                  "install": c["install"] or ""} for c in rep["cross_compilers"]]))
     print()
     if rep["missing"]:
         print("to install or fix:")

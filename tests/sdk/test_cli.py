@@ -216,3 +216,23 @@ def test_bench_prints_no_progress_bar_on_a_pipe(tmp_path, mlp_onnx):
     res = _console("bench", str(mlp_onnx), "--runs", "300", "--warmup", "1")
     assert res.returncode == 0 and "it/s" not in res.stderr and "run/s" not in res.stderr
     assert "p50" in res.stdout
+
+
+def test_doctor_checks_the_cross_compiler_boards_need(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no aarch64-linux-gnu-g++ on PATH
+    assert main(["doctor", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    cc = next(c for c in rep["cross_compilers"] if c["compiler"] == "aarch64-linux-gnu-g++")
+    assert not cc["found"] and "rpi4" in cc["boards"] and "apple-m1" not in cc["boards"]
+    assert cc["install"] == "apt-get install g++-aarch64-linux-gnu"
+    assert any("aarch64-linux-gnu-g++" in m and "apt-get install g++-aarch64-linux-gnu" in m for m in rep["missing"])
+    assert main(["doctor"]) == 0
+    assert "apt-get install g++-aarch64-linux-gnu" in capsys.readouterr().out
+    fake = tmp_path / "aarch64-linux-gnu-g++"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert main(["doctor", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    cc = next(c for c in rep["cross_compilers"] if c["compiler"] == "aarch64-linux-gnu-g++")
+    assert cc["found"] and cc["path"] == str(fake) and cc["install"] is None
+    assert not any("aarch64-linux-gnu-g++" in m for m in rep["missing"])
