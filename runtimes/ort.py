@@ -105,6 +105,9 @@ class OrtBackend(Backend):
         if options:
             raise InputError(f"unknown option(s) for onnxruntime: {', '.join(sorted(options))}")
         so = ort.SessionOptions()
+        # idle intra-op threads sleep instead of spinning after each run: a spinning pool slows whatever runs next
+        # (another variant, another runtime) on a small CPU (measured: benchmarks/profile_vs_standalone.py)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1

@@ -143,9 +143,12 @@ class BudgetedSession(ThreadLastRun):
         if profile not in ("cache", "measure"):
             raise InputError(f"profile must be 'cache', 'measure' or a dict of figures, got {profile!r}")
         def measure_ids(vids: list[str]) -> dict[str, dict]:
-            sessions = {v: self._session(v) for v in vids}
-            feeds = {v: _timing_feeds(s, self.inputs) for v, s in sessions.items()}
-            return measure({v: (lambda s=s, f=feeds[v]: s.run(f)) for v, s in sessions.items()})
+            out = {}
+            for v in vids:  # one variant at a time: opened, warmed up and timed on its own
+                sess = self._session(v)
+                feeds = _timing_feeds(sess, self.inputs)
+                out.update(measure({v: lambda s=sess, f=feeds: s.run(f)}, max_seconds=1.0))
+            return out
 
         if profile == "measure":
             return measure_ids(ids)

@@ -119,6 +119,7 @@ class LatencyModel:
         self.windows = {v: LatencyWindow(window) for v in self.order}
         self.log_corr = dict.fromkeys(self.order, 0.0)
         self._corr = dict.fromkeys(self.order, 1.0)
+        self._corr_load = dict.fromkeys(self.order, 1.0)  # the load factor each correction was learned at
         self.horizon, self.min_samples, self.margin, self.learn_rate = horizon, min_samples, margin, learn_rate
         self.hysteresis = hysteresis
         self._fade = 1.0 - 1.0 / (2 * horizon)
@@ -140,9 +141,17 @@ class LatencyModel:
             return 1.0
         return min(max(self._ratios.quantile(0.5), 0.05), 1e4)
 
-    def correction(self, vid: str) -> float:
-        """How much slower ``vid`` runs than the load factor alone predicts (learned from its trials)."""
-        return self._corr[vid]
+    def correction(self, vid: str, load: float | None = None) -> float:
+        """How much slower ``vid`` runs than the load factor alone predicts (learned from its trials).
+
+        A slowdown learned at one load factor is not counted twice: as far as the load factor has risen since,
+        it already explains the slowdown (a probe that met a heavier input first, before the variant in use did).
+        """
+        corr = self._corr[vid]
+        if corr <= 1.0:
+            return corr
+        load = self.load_factor() if load is None else load
+        return min(corr, max(1.0, corr * self._corr_load[vid] / load))
 
     def jitter(self) -> float:
         """The device's current tail excess (ms): quantile minus median of the variant in use.
@@ -163,7 +172,7 @@ class LatencyModel:
         return own.quantile(self.quantile)
 
     def _scaled(self, vid: str, load: float, jitter: float) -> float:
-        median = self.base_p50[vid] * load * self._corr[vid]
+        median = self.base_p50[vid] * load * self.correction(vid, load)
         # the excess is capped at the median itself: right after a change of load the window of the variant in
         # use mixes two levels, and that step is not jitter
         return median + min(jitter, median)
@@ -270,18 +279,20 @@ class LatencyModel:
         trial = probe or (vid == self.current and self.calls - self._switched_at < self.min_samples
                           and self._last_upgrade_call == self._switched_at)
         if trial:
-            seen = math.log(max(latency_ms, 1e-6) / (self.base_p50[vid] * self.load_factor()))
+            load = self.load_factor()
+            seen = math.log(max(latency_ms, 1e-6) / (self.base_p50[vid] * load))
             # slower than thought: believe it at once (a miss is expensive); faster: move halfway
             rate = 1.0 if seen > self.log_corr[vid] else self.learn_rate
             self.log_corr[vid] += rate * (seen - self.log_corr[vid])
             self._corr[vid] = math.exp(self.log_corr[vid])
+            self._corr_load[vid] = load
         fade = self._fade
         for v, lc in self.log_corr.items():  # corrections fade back towards 1 unless renewed (over a few horizons)
             if lc:
                 self.log_corr[v] = lc * fade
                 self._corr[v] = math.exp(lc * fade)
         self.windows[vid].record(self.calls, latency_ms)
-        self._ratios.add(latency_ms / (self.base_p50[vid] * self._corr[vid]))
+        self._ratios.add(latency_ms / (self.base_p50[vid] * self.correction(vid)))
         self.calls += 1
         if not probe:
             self._since_switch += 1

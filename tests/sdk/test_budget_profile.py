@@ -33,7 +33,12 @@ def test_cache_folder_honours_env(monkeypatch, tmp_path):
 
 
 def test_profile_is_measured_once_and_reused(bundle, tmp_path, monkeypatch):
+    from edgekit import profile_cache
+
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    # this test is about reuse: every measurement counts as stable here, however busy the machine (stability is
+    # tested in test_an_unstable_variant_is_measured_again_and_not_cached)
+    monkeypatch.setattr(profile_cache, "STABLE", dict.fromkeys(profile_cache.STABLE, float("inf")))
     s1 = edgekit.load(bundle, budget_ms=50, threads=1)
     assert sorted(s1.profile_cache.measured) == ["fp32", "pruned"]
     files = list((tmp_path / "profiles").glob("*.json"))
@@ -55,7 +60,10 @@ def test_profile_is_measured_once_and_reused(bundle, tmp_path, monkeypatch):
 
 
 def test_profile_is_remeasured_when_device_or_bundle_changes(bundle, tmp_path, monkeypatch):
+    from edgekit import profile_cache
+
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profile_cache, "STABLE", dict.fromkeys(profile_cache.STABLE, float("inf")))
     edgekit.load(bundle, budget_ms=50, threads=1)
     # other run options (thread count) are another device configuration
     s = edgekit.load(bundle, budget_ms=50, threads=2)
@@ -91,3 +99,44 @@ def test_explicit_profile_skips_measuring(bundle, tmp_path, monkeypatch):
     assert not (tmp_path / "profiles").exists()
     with pytest.raises(edgekit.InputError, match="profile"):
         edgekit.load(bundle, budget_ms=3, profile="sometimes")
+
+
+def test_stability_figures_and_threshold():
+    from edgekit.profile_cache import STABLE, is_stable, stability
+
+    flat = budget_fixtures.np.array([10.0] * 98 + [10.5, 11.0])
+    st = stability(flat)
+    # p99 interpolates between the two largest samples: 10.5 + 0.01 x 0.5 = 10.505
+    assert st["max_min"] == pytest.approx(1.1) and st["p99_p50"] == pytest.approx(1.0505)
+    assert st["cv"] == pytest.approx(float(flat.std() / flat.mean())) and is_stable(st)
+    bimodal = budget_fixtures.np.array([1.0, 5.0] * 50)  # cv 0.67, p99/p50 1.67, max/min 5
+    assert not is_stable(stability(bimodal))
+    for key, limit in STABLE.items():  # each figure alone can make a profile unstable
+        assert not is_stable({**{k: 0.0 for k in STABLE}, key: limit * 1.01})
+        assert is_stable({**{k: 0.0 for k in STABLE}, key: limit})
+
+
+def test_an_unstable_variant_is_measured_again_and_not_cached(bundle, tmp_path):
+    import time
+
+    from edgekit.profile_cache import measure
+
+    calls = {"n": 0}
+
+    def bimodal():  # every other call 4 ms instead of ~0: never stable
+        calls["n"] += 1
+        if calls["n"] % 2:
+            time.sleep(0.004)
+
+    got = measure({"flappy": bimodal}, warmup=2, min_runs=10, max_runs=20, max_seconds=0.05, attempts=3)
+    row = got["flappy"]
+    assert row["stable"] is False and row["attempts"] == 3 and row["runs"] >= 10
+    assert row["stability"]["max_min"] > 4.0
+
+    pc = ProfileCache(edgekit.Bundle(bundle), {"threads": 1}, root=tmp_path)
+    rows = {"fp32": {"p50_ms": 1.0, "stable": True}, "pruned": {"p50_ms": 0.1, "stable": False}}
+    assert pc.get(["fp32", "pruned"], lambda vids: {v: rows[v] for v in vids}) == rows  # used now ...
+    assert set(pc.load()) == {"fp32"}  # ... but only the stable one is kept
+    asked = []
+    pc.get(["fp32", "pruned"], lambda vids: asked.extend(vids) or {v: rows[v] for v in vids})
+    assert asked == ["pruned"]  # measured again next time

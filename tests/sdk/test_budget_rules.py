@@ -214,3 +214,14 @@ def test_a_probe_teaches_the_variant_its_correction():
     # a faster run moves the correction only halfway (learn_rate 0.5)
     m.observe("fast", 1.0, 5.0, probe=True)
     assert m.log_corr["fast"] == pytest.approx(0.5 * np.log(3.0), rel=0.02)
+
+
+def test_a_probe_that_met_a_heavier_input_first_is_not_counted_twice():
+    """The input becomes 100x heavier on call 20, which happens to be a probe of fast: fast learns a 100x correction
+    at load 1. When acc then shows the device-wide factor of 100, fast's slowdown is explained by it, not 100 x 100."""
+    m = _model({"acc": (1.0, 1.0), "fast": (0.1, 0.1)}, probe_every=20, dwell=5)
+    base = {"acc": 1.0, "fast": 0.1}
+    seen = _drive(m, 50.0, lambda i, v: base[v] * (100.0 if i >= 20 else 1.0), 40)
+    assert seen[20] == ("fast", True, 10.0)
+    assert m.correction("fast") == pytest.approx(1.0)  # the load factor (100) explains it all now
+    assert m.predict("fast") <= 50.0 and [v for v, _, _ in seen[-10:]] == ["fast"] * 10
