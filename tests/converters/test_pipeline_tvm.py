@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -18,17 +17,15 @@ pytest.importorskip("tvm")
 
 
 def test_fallback_ops_make_composites_that_match_onnxruntime(tmp_path, bert_onnx):
-    boards = ["rpi4"] if shutil.which("aarch64-linux-gnu-g++") else []
+    """Host kernels only; the rpi4 kernels of the same conversion are tests/tvm/test_pipeline_boards.py's."""
     b = edgekit.convert(bert_onnx, tmp_path / "b", targets=["onnx"], quantize=["fp32"], fallback_ops=["Erf"],
-                        boards=boards, progress=False)
+                        progress=False)
     (v,) = b.variants
     assert v.id == "onnx-fp32+tvm" and v.format == "composite" and v.passed
     assert v.validation["method"] == "runtime" and v.validation["max_abs"] < 1e-5  # fp32 kernels vs ORT
     folder = b.artifact(v)
     assert (folder / "plan.json").is_file()
-    if boards:
-        libs = list(folder.glob("*.rpi4.so"))
-        assert libs and libs[0].read_bytes()[:4] == b"\x7fELF" and libs[0].read_bytes()[18] == 0xB7  # EM_AARCH64
+    assert json.loads((folder / "plan.json").read_text())["boards"] == ["host"]
     sess = edgekit.load(b.path)
     assert sess.variant == v.id
     ids = np.random.default_rng(1).integers(0, 100, (1, 8)).astype(np.int64)
