@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgekit.converters import calibration, canonical, prune
+from edgekit.converters import canonical, prune
 from edgekit.errors import InputError
 
 import models
@@ -105,15 +105,22 @@ def test_skip_and_candidates():
     assert cands[0] not in res.layers and set(res.layers) == set(cands[1:])
 
 
-def test_pruned_model_runs_on_calibration_samples():
-    m = canonical.canonicalize(models.cnn())
-    ins, _ = canonical.io_specs(m)
-    for text in ("0.5", "2:4", "channels:0.5"):
-        res = prune.prune(m, text)
-        for f in calibration.samples(calibration.synthetic(ins, 3), ins):
-            out = _run(res.model, f)[0]
-            assert out.shape == (1, 10) and np.isfinite(out).all()
-            np.testing.assert_allclose(out.sum(), 1.0, atol=1e-5)     # still a softmax
+def test_pruned_model_keeps_the_digits_cnn_decisions(digits_cnn_onnx):
+    """30% magnitude pruning of every layer of the digits CNN keeps fp32's top-1 on the held-out digits where fp32
+    is decided: >= 0.85 plain (measured 0.90), >= 0.95 with SparseGPT on calibration digits (measured 1.0).
+    (50%, 2:4 and channel pruning of this 2k-parameter model fall to 0.3-0.5 agreement without fine-tuning.)"""
+    m = canonical.canonicalize(onnx.load(str(digits_cnn_onnx)))
+    xs = models.digits_images(models.DIGITS_TRAIN + 100, 64)
+    ref = np.concatenate([_run(m, {"image": x[None]})[0] for x in xs])
+    cal = [{"image": x[None]} for x in models.digits_images(models.DIGITS_TRAIN, 32)]
+    for grams, min_agree in ((None, 0.85), (prune.calibration_grams(m, "0.3", cal), 0.95)):
+        res = prune.prune(m, "0.3", grams=grams)
+        assert res.layers == ["Conv_0", "Conv_2", "Gemm_6"]
+        for name in ("c1w", "c2w", "fw"):          # the weights really are 30% zeros
+            assert 0.25 <= float((_w(res.model, name) == 0).mean()) <= 0.35, name
+        out = np.concatenate([_run(res.model, {"image": x[None]})[0] for x in xs])
+        agree, n = models.decided_top1(ref, out)
+        assert n >= 40 and agree >= min_agree, (grams is not None, agree, n)
 
 
 def _grams_and_held(m):
