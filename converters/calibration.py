@@ -146,15 +146,22 @@ def n_samples(calib: Mapping[str, np.ndarray]) -> int:
 
 
 def samples(calib: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
-    """One feed dict per sample."""
+    """One feed dict per sample, each of the batch the input takes: ``arr[i]`` of stacked samples
+    ``[N, *shape]``, else ``b`` rows of ``[N * b, ...]`` for a fixed leading dim ``b`` (1 row otherwise)."""
+    rows = {s.name: 0 if calib[s.name].ndim == len(s.shape) + 1 else _lead(s) for s in inputs}
+    n = min((len(calib[s.name]) // rows[s.name] if rows[s.name] else len(calib[s.name]) for s in inputs),
+            default=0)
     out = []
-    for i in range(n_samples(calib)):
-        feed = {}
-        for spec in inputs:
-            arr = calib[spec.name]
-            feed[spec.name] = arr[i] if arr.ndim == len(spec.shape) + 1 else arr[i:i + 1]
-        out.append(feed)
+    for i in range(n):
+        out.append({s.name: calib[s.name][i] if not rows[s.name] else
+                    calib[s.name][i * rows[s.name]:(i + 1) * rows[s.name]] for s in inputs})
     return out
+
+
+def _lead(spec: TensorSpec) -> int:
+    """Rows per sample for a row-form array: the input's fixed leading dim, else 1."""
+    lead = spec.shape[0] if spec.shape else None
+    return lead if isinstance(lead, int) and lead > 0 else 1
 
 
 def split(calib: Mapping[str, np.ndarray], holdout: float = 0.25, min_holdout: int = 2):

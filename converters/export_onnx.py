@@ -18,6 +18,8 @@ from .quantize import quantize
 
 @register_exporter
 class OnnxExporter:
+    #: ONNX variants keep the source's dynamic dims
+    static_shapes = False
     format = "onnx"
     extra = "convert"
     suffix = ".onnx"

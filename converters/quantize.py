@@ -1,13 +1,16 @@
 """ONNX quantization through onnxruntime.quantization: fp16 (fp32 I/O kept), dynamic int8, static int8 (QDQ).
 
 Every function takes a float ONNX file and writes a new one; ``keep_float`` names nodes left in float
-(used by the accuracy-aware retry).
+(used by the accuracy-aware retry). Static int8 works on an opset >= 13 copy (:func:`needs_opset`; per-channel
+``DequantizeLinear`` takes ``axis`` from opset 13). Every step writes its temporary files into a temporary folder,
+never into the current directory, and every failure is a ConversionError naming the step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgekit.errors import ConversionError, InputError
+from edgekit.errors import ConversionError, EdgekitError, InputError
 from edgekit.specs import TensorSpec
 
 from .calibration import samples
@@ -39,6 +42,56 @@ def _quiet():
         root.setLevel(level)
 
 
+#: the lowest opset each precision's quantized graph is valid at (per-channel QDQ: DequantizeLinear ``axis``)
+_MIN_OPSET = {"int8": 13}
+
+
+def needs_opset(precision: str) -> int:
+    """The opset a ``precision`` variant is built at, at least: a source below it is upgraded (a copy) first."""
+    return _MIN_OPSET.get(precision, 0)
+
+
+def opset_note(source_opset: int, precision: str) -> str | None:
+    """The report line for a variant quantized on an upgraded copy, or None when the source's opset was kept."""
+    need = needs_opset(precision)
+    if source_opset and source_opset < need:
+        return (f"{precision}: quantized on a copy upgraded from opset {source_opset} to {need} "
+                f"(per-channel DequantizeLinear needs opset >= {need})")
+    return None
+
+
+def detail(exc: BaseException) -> str:
+    """The first line of a library error (ONNX Runtime's ``[ONNXRuntimeError] : 10 : ...`` prefix dropped)."""
+    text = str(exc).strip()
+    line = next((ln for ln in text.splitlines() if ln.strip()), "") or type(exc).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)[:400]
+
+
+@contextlib.contextmanager
+def step(what: str):
+    """Turn a library failure inside ``what`` into a ConversionError naming the step (library text as detail)."""
+    try:
+        yield
+    except EdgekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnx/onnxruntime raise many types; all become one typed error
+        raise ConversionError(f"{what} failed: {detail(exc)}") from exc
+
+
+def upgraded(model: onnx.ModelProto, opset: int, what: str) -> onnx.ModelProto:
+    """``model`` itself when its opset is at least ``opset``, else an upgraded copy; ConversionError naming
+    ``what`` when the ONNX version converter cannot upgrade it."""
+    from .canonical import opset_of
+
+    current = opset_of(model)
+    if current >= opset:
+        return model
+    with step(f"{what}: opset upgrade {current} -> {opset} (onnx version converter)"):
+        up = onnx.version_converter.convert_version(model, opset)
+        onnx.checker.check_model(up)
+    return up
+
+
 def check_precision(p: str) -> str:
     if p not in PRECISIONS:
         raise InputError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")
@@ -50,11 +103,9 @@ def to_fp16(src: Path, dst: Path, keep_float: Iterable[str] = ()) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    try:
+    with step("fp16 conversion (onnxruntime float16)"):
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep_float) or None,
                                         disable_shape_infer=False)
-    except Exception as exc:
-        raise ConversionError(f"fp16 conversion failed: {exc}") from None
     onnx.save(half, str(dst))
     return dst
 
@@ -63,13 +114,10 @@ def dynamic_int8(src: Path, dst: Path, keep_float: Iterable[str] = (), per_chann
     """int8 weights, activations quantized at run time (MatMul/Gemm/Attention; Conv stays float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    try:
-        with _quiet():
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
-                             nodes_to_exclude=list(keep_float) or None)
-    except Exception as exc:
-        raise ConversionError(f"dynamic int8 quantization failed: {exc}") from None
+    with step("dynamic int8 quantization (onnxruntime quantize_dynamic)"), _quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
+                         nodes_to_exclude=list(keep_float) or None)
     return dst
 
 
@@ -119,14 +167,12 @@ def static_int8(src: Path, dst: Path, calibration: Mapping[str, np.ndarray] | No
         raise InputError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
     feeds = samples(calibration, inputs)
     with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-            # no graph optimization: it fuses and renames nodes, which keep_float refers to by name
-            quant_pre_process(str(src), str(pre), skip_optimization=True, skip_symbolic_shape=False)
-        except Exception as exc:  # pre-processing only helps; quantize the canonical model without it
-            log.info("quant_pre_process skipped (%s)", exc)
-            pre = src
+        source = onnx.load(str(src))
+        up = upgraded(source, needs_opset("int8"), "static int8")
+        if up is not source:
+            src = Path(tmp) / "opset.onnx"
+            onnx.save(up, str(src))
+        pre = _preprocess(up, Path(tmp) / "pre.onnx") or src
         # pre-processing may rename nodes; map keep_float by node output (stable) back to names
         names = _names_by_output(src, pre, keep_float)
         model = onnx.load(str(pre), load_external_data=False)
@@ -135,24 +181,69 @@ def static_int8(src: Path, dst: Path, calibration: Mapping[str, np.ndarray] | No
         # 8-bit depthwise weights (no saturation there); everything else follows reduce_range
         overrides = {w: [{"reduce_range": False, "axis": 0, "symmetric": True}]
                      for w in depthwise_weights(model)} if reduce_range and per_channel else {}
-        try:
-            with _quiet():
-                quantize_static(str(pre), str(dst), _Reader(feeds, progress), quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, activation_type=QuantType.QUInt8,
-                                reduce_range=reduce_range,
-                                weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                                nodes_to_exclude=names or None,
-                                extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
-                                               "TensorQuantOverrides": overrides})
-        except Exception as exc:
-            raise ConversionError(f"static int8 quantization failed: {exc}") from None
-        if optimize_rounding or bias_correction:
-            float_model = onnx.load(str(pre))
-            if optimize_rounding:
+        with step("static int8 quantization (onnxruntime quantize_static)"), _quiet():
+            quantize_static(str(pre), str(dst), _Reader(feeds, progress), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            reduce_range=reduce_range,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                            nodes_to_exclude=names or None,
+                            extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
+                                           "TensorQuantOverrides": overrides})
+        float_model = onnx.load(str(pre)) if optimize_rounding or bias_correction else None
+        if optimize_rounding:
+            with step("static int8: GPTQ weight rounding"):
                 gptq_round(float_model, dst, feeds)
-            if bias_correction:
+        if bias_correction:
+            with step("static int8: bias correction"):
                 correct_bias(float_model, dst, feeds)
+        with step("static int8: loading the quantized model in ONNX Runtime"):
+            _check_loads(dst)
     return dst
+
+
+def _preprocess(model: onnx.ModelProto, dst: Path) -> Path | None:
+    """onnxruntime's quant_pre_process (shape inference, no graph optimization: it renames the nodes keep_float
+    names) written to ``dst``; None when it fails (it only helps).
+
+    Symbolic shape inference runs here, not inside quant_pre_process: when it is incomplete, ORT saves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` file into the current directory before raising.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(_symbolic_shapes(model) or model, str(dst), skip_optimization=True,
+                          skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001 - pre-processing only helps; quantize the model without it
+        log.info("quant_pre_process skipped (%s)", detail(exc))
+        return None
+    return dst
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference (``SymbolicShapeInference.infer_shapes`` without its save to the current
+    directory on an incomplete result); None when incomplete or unavailable."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        ssi = SymbolicShapeInference(2**31 - 1, False, False, 0)
+        ssi._preprocess(model)  # noqa: SLF001 - the public infer_shapes litters the cwd (see _preprocess)
+        done = False
+        while ssi.run_:
+            done = ssi._infer_impl()  # noqa: SLF001
+        ssi._update_output_from_vi()  # noqa: SLF001
+    except Exception as exc:  # noqa: BLE001 - an aid only (sympy missing, an op it cannot follow)
+        log.info("symbolic shape inference skipped (%s)", detail(exc))
+        return None
+    return ssi.out_mp_ if done else None
+
+
+def _check_loads(path: Path) -> None:
+    """Open ``path`` in ONNX Runtime: an invalid quantized graph fails here, in its own step."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _group(node: onnx.NodeProto) -> int:
