@@ -1,6 +1,7 @@
 """Static cost of an ONNX graph: floating-point and integer operations, and bytes moved, per inference.
 
-Shapes come from ONNX shape inference with every dynamic input dim set to 1 (as ``edgekit run`` feeds do).
+Shapes come from ONNX shape inference with the graph inputs set to ``shapes`` (dynamic dims of inputs not given
+set to 1, as ``edgekit run`` feeds do).
 MatMul/Gemm/Conv count 2 ops per multiply-add; their integer forms (MatMulInteger, QLinearMatMul,
 ConvInteger, QLinearConv) count as int8 ops; other nodes count one op per output element. Bytes are the
 weights plus every activation written once and read once, plus graph inputs and outputs: a roofline's
@@ -9,11 +10,12 @@ memory side, not a cache simulation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
+from .errors import InputError, ModelLoadError
 
 _INT8_MATMUL = {"MatMulInteger", "QLinearMatMul"}
 _INT8_CONV = {"ConvInteger", "QLinearConv"}
@@ -43,8 +45,28 @@ def _itemsize(elem_type: int) -> int:
         return 4
 
 
-def graph_cost(path: str | Path) -> dict:
-    """``{"flops": .., "int8_ops": .., "bytes": .., "weight_bytes": .., "unknown_nodes": ..}`` for one model."""
+def _set_input_shapes(model, shapes: dict) -> None:
+    """Graph inputs take ``shapes`` where given (rank must agree), other dynamic dims 1; stale value infos go."""
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        shape = shapes.get(vi.name)
+        if shape is not None and len(shape) != len(dims):
+            raise InputError(f"input {vi.name!r} has {len(dims)} dims, got shape {list(shape)}")
+        for i, d in enumerate(dims):
+            if shape is not None:
+                d.dim_value = int(shape[i])
+            elif not d.HasField("dim_value"):
+                d.dim_value = 1
+    if shapes:  # intermediate and output shapes were for other input shapes: infer them again
+        del model.graph.value_info[:]
+        for vi in model.graph.output:
+            for d in vi.type.tensor_type.shape.dim:
+                d.Clear()
+
+
+def graph_cost(path: str | Path, shapes: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """``{"flops": .., "int8_ops": .., "bytes": .., "weight_bytes": .., "unknown_nodes": ..}`` for one model,
+    with the graph inputs named in ``shapes`` at those shapes."""
     import onnx
 
     try:
@@ -53,10 +75,7 @@ def graph_cost(path: str | Path) -> dict:
         from .loader import unreadable_error
 
         raise unreadable_error(path, "onnx", exc) from None
-    for vi in model.graph.input:
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.dim_value = 1
+    _set_input_shapes(model, dict(shapes or {}))
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
