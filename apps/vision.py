@@ -111,6 +111,28 @@ def preprocess(image) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+#: what each sample photo shows in ImageNet-1k's terms: the class indices that are right for it, or None where
+#: ImageNet has no class for it (its top-1 is then only the nearest of 1,000 classes, not an answer)
+PHOTO_CLASSES: dict[str, tuple[int, ...] | None] = {
+    "chelsea": (281, 282, 283, 284, 285),   # a tabby cat: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    "coffee": (967,),                       # espresso
+    "rocket": (657, 744, 812),              # a rocket on its pad: missile, projectile, space shuttle
+    "astronaut": None,                      # a portrait in a space suit: no such class
+    "immunohistochemistry": None,           # stained tissue under a microscope
+    "hubble_deep_field": None,              # galaxies
+}
+
+
+def imagenet_verdict(photo: str, index: int) -> str:
+    """Whether top-1 ``index`` is right for sample photo ``photo``, or that ImageNet has no class for it."""
+    classes = PHOTO_CLASSES.get(photo, ())
+    if classes is None:
+        return "no ImageNet class for this photo (nearest class shown)"
+    if not classes:
+        return "not a sample photo"
+    return "right class" if index in classes else "WRONG class"
+
+
 def sample_photos() -> dict[str, np.ndarray]:
     """Colour photos bundled with scikit-image (no download), by name."""
     from edgekit._extras import require

@@ -7,7 +7,13 @@ through edgekit against one using the raw runtime, and the time of ``import edge
 Targets (issue 2): ratio <= 1.02 for the >= 1 ms model, <= 10 us added per call on the tiny model,
 <= 30 MB more peak memory, ``import edgekit`` < 0.5 s.
 
-    python benchmarks/facade_overhead.py [--calls 2000]
+The budgeted-session row (issue 13, 1b): a bundle of a ~100k-parameter CNN (fp32 and dynamic int8, ONNX Runtime,
+1 thread) under a budget of 2x the fastest variant's raw p99. Printed: the microseconds the budget logic adds per
+call (budgeted session vs a plain session of the same variant, interleaved), the share of calls within the budget
+as timed by the caller and as ``stats()`` reports it, and the variant switches. Targets: <= 20 us added, >= 99%
+within the budget timed by the caller, ``stats()`` within 0.5 points of the caller's share.
+
+    python benchmarks/facade_overhead.py [--calls 2000] [--budgeted-only]
 """
 
 from __future__ import annotations
@@ -119,10 +125,86 @@ def import_time(repeats: int = 5) -> float:
     return best
 
 
+def cnn_bundle(folder: Path) -> tuple[Path, int]:
+    """A ~100k-parameter CNN (3x64x64 -> 10) as a bundle of fp32 and dynamic-int8 ONNX variants; its parameters."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekit.bundle_writer import BundleWriter
+    from edgekit.specs import TensorSpec
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(128, 10)).eval()
+    params = sum(p.numel() for p in net.parameters())
+    fp32, int8 = folder / "cnn.onnx", folder / "cnn-int8.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 64, 64),), str(fp32), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    x = np.random.default_rng(0).standard_normal((64, 3, 64, 64)).astype(np.float32)
+    ref = np.concatenate([raw_runner("onnx", fp32)({"x": x[i:i + 1]})[0] for i in range(len(x))])
+    got = np.concatenate([raw_runner("onnx", int8)({"x": x[i:i + 1]})[0] for i in range(len(x))])
+    top1 = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
+    ins = [TensorSpec("x", (1, 3, 64, 64), np.dtype(np.float32))]
+    outs = [TensorSpec("y", (1, 10), np.dtype(np.float32))]
+    with BundleWriter(folder / "cnn.bundle", force=True, inputs=ins, outputs=outs) as w:
+        w.add_variant("fp32", "onnx", "fp32", fp32, ins, outs, validation={"top1": 1.0, "cosine": 1.0, "passed": True})
+        w.add_variant("int8", "onnx", "int8-dynamic", int8, ins, outs,
+                      validation={"top1": top1, "cosine": 0.99, "passed": True})
+    return folder / "cnn.bundle", params
+
+
+def raw_p99(path: Path, x: np.ndarray, calls: int) -> float:
+    run = raw_runner("onnx", path)
+    for _ in range(200):
+        run({"x": x})
+    lat = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        run({"x": x})
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return float(np.percentile(lat, 99))
+
+
+def budgeted_row(folder: Path, calls: int) -> bool:
+    """The budgeted-session row: added us, share within 2x the fastest p99 (caller and stats()), switches."""
+    bundle, params = cnn_bundle(folder)
+    b = edgekit.Bundle(bundle)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    p99 = {v.id: raw_p99(b.artifact(v), x, 2000) for v in b.variants}
+    budget = 2 * min(p99.values())
+    sess = edgekit.load(bundle, budget_ms=budget, threads=1, profile="measure")
+    plain = b.load(sess.variant, threads=1)
+    _, _, added, _ = interleaved(plain.run, sess.run, {"x": x}, {"x": x}, calls)
+    sess.close()
+    sess = edgekit.load(bundle, budget_ms=budget, threads=1, profile="measure")
+    within = 0
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        sess.run({"x": x})
+        within += (time.perf_counter() - t0) * 1e3 <= budget
+    st = sess.stats()
+    caller, reported = within / calls, st["within_budget"]
+    met = added <= 20 and caller >= 0.99 and abs(caller - reported) <= 0.005
+    mix = ", ".join(f"{v} {r['calls']}" for v, r in st["variants"].items())
+    print(f"budgeted   cnn {params / 1e3:.0f}k params: raw p99 {', '.join(f'{k} {v:.3f}' for k, v in p99.items())} ms; "
+          f"budget {budget:.3f} ms; logic adds {added:.1f} us/call; within budget: caller {caller * 100:.2f}%, "
+          f"stats() {reported * 100:.2f}%; switches {st['switches']} in {calls} calls ({mix})  "
+          f"targets <= 20 us, >= 99%: {'met' if met else 'MISSED'}")
+    return met
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000, help="interleaved calls per model (big model: /10)")
+    ap.add_argument("--budgeted-only", action="store_true", help="only the budgeted-session row")
     args = ap.parse_args()
+    if args.budgeted_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            return 0 if budgeted_row(Path(tmp), max(args.calls, 1000)) else 1
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp))
         print(f"{'runtime':<12} {'model':<5} {'raw us':>9} {'edgekit us':>11} {'ratio':>7} {'added us':>9}  target")
@@ -151,6 +233,7 @@ def main() -> int:
             ok &= met
             print(f"peak memory {fmt:<6}: raw {raw_mb:6.1f} MB, edgekit {ek_mb:6.1f} MB, +{ek_mb - raw_mb:5.1f} MB "
                   f"(target <= 30 MB: {'met' if met else 'MISSED'})")
+        ok &= budgeted_row(Path(tmp), max(args.calls, 1000))
         t = import_time()
         ok &= t < 0.5
         print(f"import edgekit: {t * 1e3:.0f} ms (target < 500 ms: {'met' if t < 0.5 else 'MISSED'})")
