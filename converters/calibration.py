@@ -84,8 +84,12 @@ def load_calibration(data, inputs: Sequence[TensorSpec], preprocess=None,
         if not p.is_file():
             raise InputError(f"{flag} {p}: no such file or folder (expected a .npz or a folder of images)")
         try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files} if hasattr(z, "files") else {inputs[0].name: np.asarray(z)}
+            z = np.load(p, allow_pickle=False)      # a .npz archive, or the one array of a .npy file
+            if hasattr(z, "files"):
+                with z:
+                    arrays = {k: z[k] for k in z.files}
+            else:
+                arrays = {inputs[0].name: np.asarray(z)}
         except (OSError, ValueError) as exc:
             raise InputError(f"{flag} {p}: cannot read as .npz ({exc})") from None
     return check_samples(arrays, inputs, where)
