@@ -9,6 +9,11 @@ Limits (fd redirection is process-wide): one capturing thread at a time. Regions
 outermost one (an inner region writes to its own log, then the outer destination is restored); a region entered by
 another thread while one is active changes nothing, so that thread's output goes to the active destination. Logging
 handlers that hold a non-file stream (e.g. pytest's) keep writing to it. Windows is not supported (no-op there).
+
+``filtered()`` wraps short native calls that print banners (LiteRT's interpreter creation, coremltools' import):
+it captures their output, then re-emits on stderr every line that is not in :data:`NOISE`, or all of them when
+:func:`verbose` (the CLI's ``--verbose``, set with :func:`set_verbose`). ``terminal()`` and ``progress_enabled()``
+are for our own progress output.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ _verbose = False
 NOISE: tuple[re.Pattern, ...] = (
     re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate"),
     re.compile(r"^INFO: Initialized TensorFlow Lite runtime"),
-    re.compile(r"Failed to load _MLModelProxy"),
+    re.compile(r"^Failed to load _ML\w*Proxy: No module named 'coremltools\.libcoremlpython'"),
+    re.compile(r"^scikit-learn version .* is not supported\. .*Disabling scikit-learn conversion API\."),
+    re.compile(r"^Torch version .* has not been tested with coremltools\."),
 )
 
 

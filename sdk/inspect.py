@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import runtimes
 from ._fs import size_of
+from ._quiet import filtered
 from .errors import BackendUnavailable, ModelLoadError
 from .formats import detect_format
 
@@ -27,7 +28,8 @@ def inspect_model(path: str | Path) -> dict:
     backend = next(b for b in runtimes.all_backends() if fmt in b.formats)
     info: dict = {"path": str(p), "format": fmt, "size": size_of(p)}
     try:
-        info.update(backend.inspect(p))
+        with filtered():  # runtime banners (coremltools' import, LiteRT's delegate line) unless --verbose
+            info.update(backend.inspect(p))
     except ModelLoadError as exc:
         from .loader import unreadable_error
 

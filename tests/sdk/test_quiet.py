@@ -138,3 +138,29 @@ def test_litert_info_line_is_captured_in_a_fresh_process(tmp_path, verbose):
     assert "progress 1/1" in res.stderr and "progress 1/1" not in text
     assert res.stdout.strip().endswith("result line")
     assert sorted(Path(tmp_path).iterdir()) == sorted([model, log])  # nothing else written
+
+
+def test_filtered_drops_known_banners_and_keeps_the_rest(capfd, monkeypatch):
+    from edgekit import _quiet
+
+    def noisy() -> None:
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        _libc.puts(b"ERROR: a real problem")
+        print("Failed to load _MLModelProxy: No module named 'coremltools.libcoremlpython'", file=sys.stderr)
+
+    with _quiet.filtered() as lines:
+        noisy()
+    out, err = capfd.readouterr()
+    assert "XNNPACK" not in out + err and "_MLModelProxy" not in out + err
+    assert "ERROR: a real problem" in err  # anything not known as noise comes through
+    assert len(lines) == 3 and any("XNNPACK" in x for x in lines)  # all of it, e.g. for an error message
+    with pytest.raises(RuntimeError), _quiet.filtered() as lines:
+        _libc.puts(b"why it failed")
+        raise RuntimeError("x")
+    assert lines == ["why it failed"]
+    capfd.readouterr()
+    monkeypatch.setattr(_quiet, "_verbose", True)  # --verbose: every line
+    with _quiet.filtered():
+        noisy()
+    err = capfd.readouterr().err
+    assert "XNNPACK" in err and "_MLModelProxy" in err and "ERROR: a real problem" in err
