@@ -27,9 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"{__package__}.commands.{name}").register(sub)
-    for command in sub.choices.values():  # accepted after the command too; SUPPRESS keeps a value given before
-        _global_flags(command, default=argparse.SUPPRESS)
+    _command_flags(sub)
     return parser
+
+
+def _command_flags(sub) -> None:
+    """The global flags on every command's parser, nested ones too (``edgekit app vision ... --debug``);
+    SUPPRESS keeps a value given before the command."""
+    for command in sub.choices.values():
+        _global_flags(command, default=argparse.SUPPRESS)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _command_flags(action)
 
 
 def _global_flags(p: argparse.ArgumentParser, default) -> None:

@@ -210,6 +210,9 @@ def test_global_flags_before_and_after_the_command(capsys):
         code, _, err = _cli(capsys, *argv)
         assert code == 2 and "no such file" in err.splitlines()[-1], argv
         assert ("Traceback" in err) == ("--debug" in argv), argv
+    for argv in (["app", "vision", "/no/image.jpg"], ["app", "vision", "/no/image.jpg", "--debug", "--verbose"]):
+        code, _, err = _cli(capsys, *argv)  # nested commands take them too; checked before any model is prepared
+        assert code == 2 and "does not exist" in err.splitlines()[-1], argv
 
 
 def test_bench_prints_no_progress_bar_on_a_pipe(tmp_path, mlp_onnx):
