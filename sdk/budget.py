@@ -8,36 +8,26 @@ budget (:mod:`edgekit.latency`), adapting when the device slows down or recovers
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .bench import percentiles
-from .bundle import Bundle, Variant
 from .errors import BackendUnavailable, DeadlineError, InputError
-from .latency import LatencyModel
+from .latency import LatencyModel, check_budget  # noqa: F401 (check_budget: re-exported)
 from .profile_cache import ProfileCache, measure
 from .session import ThreadLastRun
 from .specs import TensorSpec, normalize_feeds, random_feeds
 
+if TYPE_CHECKING:  # bundle.py opens budgeted sessions: importing it here would close an import circle
+    from .bundle import Bundle, Variant
+
 #: per-variant latencies kept for ``stats()`` percentiles, and run records kept in ``history``
 _KEEP = 100_000
-
-
-def check_budget(budget_ms: Any, what: str = "budget_ms") -> float:
-    """A budget must be a finite number > 0 (milliseconds); anything else is an :class:`InputError`."""
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real):
-        raise InputError(f"{what} must be a number of milliseconds > 0, got {budget_ms!r}")
-    value = float(budget_ms)
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{what} must be a finite number of milliseconds > 0, got {budget_ms!r}")
-    return value
 
 
 class BudgetedSession(ThreadLastRun):

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .budget import check_budget
 from .errors import InputError
+from .latency import check_budget
 
 _POWERS = np.round(np.arange(0.5, 3.0001, 0.05), 2)
 

@@ -30,6 +30,20 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+from .errors import InputError
+
+
+def check_budget(budget_ms: Any, what: str = "budget_ms") -> float:
+    """A budget must be a finite number > 0 (milliseconds); anything else is an :class:`InputError`."""
+    if isinstance(budget_ms, bool) or not isinstance(budget_ms, Real):
+        raise InputError(f"{what} must be a number of milliseconds > 0, got {budget_ms!r}")
+    value = float(budget_ms)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{what} must be a finite number of milliseconds > 0, got {budget_ms!r}")
+    return value
 
 
 @dataclass

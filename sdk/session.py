@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .latency import check_budget
 from .specs import TensorSpec, normalize_feeds
 
 
@@ -70,8 +71,6 @@ class Session(ThreadLastRun):
 
     def _run_budgeted(self, feeds, outputs, budget_ms) -> dict[str, np.ndarray]:
         import time
-
-        from .budget import check_budget
 
         budget = check_budget(budget_ms)
         t0 = time.perf_counter()
