@@ -10,6 +10,7 @@ import pytest
 
 import edgekit
 from edgekit import ModelLoadError
+from edgekit.bundle import Variant
 from edgekit.bundle_writer import BundleWriter
 
 import models
@@ -209,4 +210,112 @@ def test_symlink_inside_a_composite_folder_is_refused(tmp_path, composite_dir):
     lib.unlink()
     lib.symlink_to(outside)
     with pytest.raises(ModelLoadError, match="is a symlink"):
+        edgekit.load(b)
+
+
+# --- what the manifest says about variants: records, pass/fail, ranking, the best variant ---------------------
+
+def _v(vid="v", fmt="onnx", precision="fp32", pruning=None, validation=None, size=100, shape=(1, 4)):
+    spec = {"name": "x", "shape": list(shape), "dtype": "float32"}
+    return Variant.from_json(
+        {"id": vid, "format": fmt, "precision": precision, "pruning": pruning, "path": f"{vid}.onnx",
+         "sha256": "0" * 64, "size": size, "inputs": [spec], "outputs": [spec], "validation": validation or {}})
+
+
+def test_variant_record_round_trip_and_defaults():
+    d = {"id": "a", "format": "onnx", "path": "a/m.onnx", "sha256": "f" * 64, "board": "rpi4"}
+    v = Variant.from_json(d)
+    assert (v.precision, v.size, v.pruning, v.files, v.validation, v.inputs) == ("fp32", 0, None, [], {}, [])
+    assert v.extra == {"board": "rpi4"}
+    full = _v(precision="int8", pruning="2:4", validation={"cosine": 0.5}, size=7)
+    back = Variant.from_json(full.to_json())
+    assert back == full and full.to_json()["pruning"] == "2:4"
+    assert v.to_json()["board"] == "rpi4" and v.to_json()["precision"] == "fp32"
+
+
+def test_passed_and_accuracy():
+    assert _v().passed and _v().accuracy == 1.0                     # the fp32 source: passed by definition
+    assert not _v(precision="fp16").passed and _v(precision="fp16").accuracy == 0.0
+    assert not _v(pruning="0.5").passed and _v(pruning="0.5").accuracy == 0.0
+    assert not _v(validation={"passed": False}).passed
+    assert _v(precision="int8", validation={"passed": True}).passed
+    assert _v(validation={"top1": 0.9, "cosine": 0.99}).accuracy == 0.9   # top-1 first, then cosine
+    assert _v(validation={"top1": None, "cosine": 0.97}).accuracy == 0.97
+
+
+def test_rank_key_orders_passed_accuracy_shapes_precision_pruning_size():
+    from edgekit.bundle import rank_key
+
+    def order(*vs):
+        return [v.id for v in sorted(vs, key=rank_key)]
+
+    ok = {"passed": True, "cosine": 0.99}
+    assert order(_v("f", validation={"passed": False, "cosine": 1.0}), _v("p", validation=ok)) == ["p", "f"]
+    assert order(_v("lo", validation={"passed": True, "cosine": 0.95}), _v("hi", validation=ok)) == ["hi", "lo"]
+    assert order(_v("fix", validation=ok), _v("dyn", validation=ok, shape=("N", 4))) == ["dyn", "fix"]
+    assert order(_v("neg", validation=ok, shape=(-1, 4)), _v("fix", validation=ok)) == ["neg", "fix"]
+    assert order(_v("i8", "onnx", "int8", validation=ok), _v("h", "onnx", "fp16", validation=ok),
+                 _v("d", "onnx", "int8-dynamic", validation=ok), _v("f", validation=ok),
+                 _v("x", "onnx", "int4", validation=ok)) == ["f", "h", "d", "i8", "x"]
+    assert order(_v("pr", validation=ok, pruning="0.5"), _v("pl", validation=ok)) == ["pl", "pr"]
+    assert order(_v("big", validation=ok, size=9), _v("small", validation=ok, size=3)) == ["small", "big"]
+
+
+def test_best_runnable_table_and_errors(tmp_path, mlp_onnx):
+    sess = edgekit.load(mlp_onnx)
+    with BundleWriter(tmp_path / "b") as w:
+        w.add_variant("bad", "onnx", "int8", mlp_onnx, sess.inputs, sess.outputs,
+                      validation={"passed": False, "cosine": 0.5, "top1": 0.25, "max_abs": 3.0, "method": "runtime"})
+    b = edgekit.Bundle(tmp_path / "b")
+    assert [v.id for v in b.runnable()] == ["bad"] and b.runnable("litert") == []
+    with pytest.raises(edgekit.BackendUnavailable, match="no variant passes validation .*bad: failed validation"):
+        b.best()
+    with pytest.raises(edgekit.BackendUnavailable, match="bad: backend litert cannot run onnx"):
+        b.best("litert")
+    with pytest.raises(edgekit.InputError, match="no variant 'nope' .*variants: bad"):
+        b.variant("nope")
+    row, = b.table()
+    assert row == {"id": "bad", "format": "onnx", "precision": "int8", "pruning": "", "size": b.variant("bad").size,
+                   "cosine": 0.5, "top1": 0.25, "max_abs": 3.0, "passed": False, "check": "runtime",
+                   "runs_here": True}
+    assert b.load(b.variant("bad")).variant == "bad"                 # by Variant object, even a failed one
+
+
+def test_manifest_names_are_what_the_session_takes(tmp_path, mlp_onnx):
+    """The manifest's input/output names win over the artifact's (a converter may rename tensors)."""
+    from edgekit.specs import TensorSpec
+
+    sess = edgekit.load(mlp_onnx)
+    ins = [TensorSpec("pixels", s.shape, s.dtype) for s in sess.inputs]
+    outs = [TensorSpec("scores", s.shape, s.dtype) for s in sess.outputs]
+    with BundleWriter(tmp_path / "b") as w:
+        w.add_variant("v", "onnx", "fp32", mlp_onnx, ins, outs, validation={"passed": True})
+    s = edgekit.load(tmp_path / "b")
+    assert [i.name for i in s.inputs] == ["pixels"] and [o.name for o in s.outputs] == ["scores"]
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_array_equal(s.run({"pixels": x})["scores"], sess.run({"x": x})["logits"])
+
+
+def test_not_a_bundle_and_budgeted_open(tmp_path, mlp_onnx):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="not a bundle"):
+        edgekit.Bundle(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{broken")
+    with pytest.raises(ModelLoadError, match="invalid JSON"):
+        edgekit.Bundle(tmp_path / "empty")
+    from edgekit.bundle import load_bundle
+
+    b = _bundle(tmp_path, mlp_onnx)
+    assert load_bundle(b, variant="v").variant == "v"
+    budgeted = load_bundle(b, budget_ms=1000.0)
+    assert type(budgeted).__name__ == "BudgetedSession"
+
+
+def test_a_composite_variant_must_be_its_folder(tmp_path, composite_dir):
+    b, folder = _composite_bundle(tmp_path, composite_dir)
+    from edgekit._fs import sha256_path
+
+    plan = folder / "plan.json"
+    _edit_manifest(b, path=plan.relative_to(b).as_posix(), sha256=sha256_path(plan))
+    with pytest.raises(ModelLoadError, match="a composite must be its folder"):
         edgekit.load(b)
