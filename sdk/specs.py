@@ -14,9 +14,6 @@ from .errors import InputError
 
 Dim = int | str | None
 
-#: what a value is: a tensor, a sequence of tensors, an optional tensor or an optional sequence
-KINDS = ("tensor", "sequence", "optional", "optional_sequence")
-
 
 def as_dtype(name) -> np.dtype:
     """``np.dtype(name)``, also for the ml_dtypes names (``bfloat16``, ``float8_e4m3fn``, ``int4`` ...)."""
@@ -32,7 +29,8 @@ def as_dtype(name) -> np.dtype:
 class TensorSpec:
     """One input or output of a model; a dynamic dim is ``None`` or a symbolic name.
 
-    For a sequence (``kind`` "sequence"/"optional_sequence") ``shape`` and ``dtype`` are its elements'.
+    ``kind``: "tensor", "sequence" (a list of tensors), "optional" (a tensor or None) or "optional_sequence".
+    For a sequence ``shape`` and ``dtype`` are its elements' (ONNX Runtime reports no element shape: ``()``).
     """
 
     name: str

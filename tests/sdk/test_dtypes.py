@@ -1,10 +1,13 @@
-"""The facade on ONNX Runtime with I/O types numpy lacks (ml_dtypes bfloat16, float8, int4, int2) and sequences.
+"""The facade on ONNX Runtime with I/O types numpy lacks (ml_dtypes bfloat16, float8, int4, int2) and sequences,
+and the tensor specs that carry them (sdk/specs.py: JSON, random feeds, input checks with their exact messages).
 
 Real ONNX Runtime runs of Cast models: float8/bfloat16/int4 values compared exactly (tolerance 0: every value used
 is representable, so a packing, nibble-order or byte-order slip changes a value).
 """
 
 from __future__ import annotations
+
+import re
 
 import ml_dtypes
 import numpy as np
@@ -13,7 +16,7 @@ from onnx import TensorProto
 
 import edgekit
 from edgekit import InputError
-from edgekit.specs import TensorSpec, random_feeds
+from edgekit.specs import TensorSpec, as_dtype, check_value, normalize_feeds, random_feeds
 
 from models import cast_model, save, sequence_model
 
@@ -89,3 +92,104 @@ def test_specs_round_trip_and_random_feeds():
     assert feeds["a"].dtype == ml_dtypes.bfloat16 and feeds["a"].shape == (2, 1)
     assert feeds["b"].dtype == ml_dtypes.int4 and set(np.unique(feeds["b"].astype(int))) <= {0, 1}
     assert isinstance(feeds["c"], list) and feeds["c"][0].dtype == np.float32
+
+
+# -- sdk/specs.py on its own (no runtime): every rule and message ---------------------------------------------------
+
+F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
+
+
+def _raises(msg: str):
+    return pytest.raises(InputError, match="^" + re.escape(msg) + "$")
+
+
+def test_spec_dtype_names_and_json():
+    assert as_dtype("float32") == F32 and as_dtype("bfloat16") == ml_dtypes.bfloat16
+    assert as_dtype("int4") == ml_dtypes.int4
+    with pytest.raises(AttributeError):
+        as_dtype("no_such_dtype")
+    assert TensorSpec("x", (None, "N", 3), F32).to_json() == {"name": "x", "shape": [None, "N", 3], "dtype": "float32"}
+    seq = TensorSpec("s", (), I64, "optional_sequence")
+    assert seq.to_json() == {"name": "s", "shape": [], "dtype": "int64", "kind": "optional_sequence"}
+    assert TensorSpec.from_json({"name": 7, "shape": [2], "dtype": "float8_e4m3fn"}) == TensorSpec(
+        "7", (2,), np.dtype(ml_dtypes.float8_e4m3fn), "tensor")
+    assert TensorSpec.from_json(seq.to_json()) == seq
+
+
+def test_spec_shapes_and_text():
+    spec = TensorSpec("x", (None, "N", 0, 3, -1), F32)
+    assert spec.concrete_shape(7) == (7, 7, 0, 3, 7) and spec.concrete_shape() == (1, 1, 0, 3, 1)
+    assert str(TensorSpec("x", (None, "N", 3), F32)) == "x: float32[?, N, 3]"
+    assert str(TensorSpec("o", (2,), I64, "optional")) == "o: optional(int64[2])"
+    assert str(TensorSpec("s", (), F32, "optional_sequence")) == "s: optional(sequence(float32[]))"
+
+
+def test_spec_random_feeds_by_dtype():
+    specs = [TensorSpec("f", (None, 1000), F32), TensorSpec("i", (1000,), np.dtype(np.int32)),
+             TensorSpec("b", (1000,), np.dtype(bool)), TensorSpec("h", (1000,), np.dtype(ml_dtypes.bfloat16)),
+             TensorSpec("u", (1000,), np.dtype(ml_dtypes.uint4)), TensorSpec("s", (), I64, "sequence"),
+             TensorSpec("o", (2,), F32, "optional")]
+    a, b, c = random_feeds(specs), random_feeds(specs), random_feeds(specs, seed=1)
+    assert a.keys() == {s.name for s in specs}
+    np.testing.assert_array_equal(a["f"], b["f"])                     # seeded
+    assert not np.array_equal(a["f"], c["f"])
+    assert a["f"].shape == (1, 1000) and a["f"].dtype == F32
+    assert 0.9 < a["f"].std() < 1.1 and a["f"].min() < -1 and a["h"].astype(np.float32).min() < -1  # normal
+    for name, dt in (("i", np.int32), ("b", bool), ("u", ml_dtypes.uint4)):
+        assert a[name].dtype == dt and set(np.unique(a[name].astype(int))) == {0, 1}
+    assert isinstance(a["s"], list) and len(a["s"]) == 1 and a["s"][0].dtype == I64 and a["s"][0].shape == ()
+    assert isinstance(a["o"], np.ndarray) and a["o"].shape == (2,)
+    with _raises("cannot make random data for input 'c' of dtype complex64"):
+        random_feeds([TensorSpec("c", (1,), np.dtype(np.complex64))])
+
+
+def test_spec_normalize_feeds_messages():
+    one, two = [TensorSpec("x", (2,), F32)], [TensorSpec("a", (1,), F32), TensorSpec("b", (1,), F32)]
+    x = np.ones(2, np.float32)
+    assert normalize_feeds(one, x)["x"] is x
+    got = normalize_feeds(one, {"x": [np.float32(1), np.float32(2)]})
+    assert type(got["x"]) is np.ndarray and got["x"].dtype == F32
+    with _raises("model has 2 inputs (a, b); pass a dict of arrays by name"):
+        normalize_feeds(two, np.ones(1, np.float32))
+    with _raises("missing input 'x' (expected x: float32[2]); given: nothing"):
+        normalize_feeds(one, {})
+    with _raises("missing input 'b' (expected b: float32[1]); given: ['a']"):
+        normalize_feeds(two, {"a": np.ones(1, np.float32)})
+    with _raises("unknown input 'z'; the model's inputs are ['x']"):
+        normalize_feeds(one, {"x": x, "z": x})
+
+
+def test_spec_tensor_checks_messages():
+    spec = TensorSpec("x", (None, 3, -1), F32)
+    good = np.zeros((5, 3, 9), np.float32)
+    assert check_value(spec, good) is good
+    with _raises("input 'x': expected dtype float32, got float64"):
+        check_value(spec, good.astype(np.float64))
+    with _raises("input 'x': expected rank 3 (?, 3, -1), got rank 2 (3, 9)"):
+        check_value(spec, good[0])
+    with _raises("input 'x': dim 1 must be 3, got 4 (expected (?, 3, -1), got (5, 4, 9))"):
+        check_value(spec, np.zeros((5, 4, 9), np.float32))
+    words = TensorSpec("w", (2,), np.dtype(object))
+    assert check_value(words, np.array(["a", "b"])).dtype.kind == "U"      # str arrays for a string tensor
+    with _raises("input 'x': expected dtype float32, got object"):
+        check_value(spec, None)                                              # None only for an optional
+
+
+def test_spec_sequence_and_optional_checks():
+    seq = TensorSpec("s", (), I64, "sequence")
+    got = check_value(seq, ([1, 2], np.array([3], np.int64)))
+    assert isinstance(got, list) and [type(v) for v in got] == [np.ndarray, np.ndarray]
+    np.testing.assert_array_equal(got[0], [1, 2])
+    assert check_value(seq, []) == []
+    with _raises("input 's': expected a sequence (list) of arrays (s: sequence(int64[])), got ndarray"):
+        check_value(seq, np.arange(3))
+    with _raises("input 's': expected a sequence (list) of arrays (s: sequence(int64[])), got int"):
+        check_value(seq, 3)
+    with _raises("input 's': expected dtype int64, got float32"):
+        check_value(seq, [np.ones(2, np.float32)])
+    opt = TensorSpec("o", (), F32, "optional")
+    assert check_value(opt, None) is None
+    assert check_value(TensorSpec("q", (), F32, "optional_sequence"), None) is None
+    assert check_value(opt, np.ones((2, 2), np.float32)).shape == (2, 2)   # its shape is not reported: any
+    with _raises("input 'o': expected dtype float32, got int64"):
+        check_value(opt, np.ones(2, np.int64))
