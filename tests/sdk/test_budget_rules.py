@@ -12,7 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from edgekit.latency import LatencyModel, SortedWindow, tail_key
+from edgekit.errors import InputError
+from edgekit.latency import LatencyModel, SortedWindow, check_budget, tail_key
 
 
 def _model(profile: dict[str, tuple[float, float]], **kw) -> LatencyModel:
@@ -65,6 +66,13 @@ def test_tail_key_and_argument_checks():
     for q in (0.4, 1.0):
         with pytest.raises(ValueError):
             _model({"a": (1, 1)}, quantile=q)
+
+
+def test_check_budget():
+    assert check_budget(2) == 2.0 and isinstance(check_budget(2), float) and check_budget(0.25) == 0.25
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5", None):
+        with pytest.raises(InputError, match="^deadline must be a .*number of milliseconds > 0"):
+            check_budget(bad, "deadline")
 
 
 # ---------------------------------------------------------------------------------------------- prediction
