@@ -169,31 +169,35 @@ def captured(log_path: Path | None, verbose: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def filtered(noise: tuple[re.Pattern, ...] | None = None) -> Iterator[list[str]]:
-    """Capture a block's output, then re-emit on stderr the lines that are not known noise (all with --verbose).
+    """Capture a block's output, then re-emit the lines that are not known noise (all with --verbose), stdout's
+    on stdout and stderr's on stderr.
 
     Yields a list that holds every captured line once the block is over (for error messages). For short native
     calls that print a banner, e.g. LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU.".
     """
     lines: list[str] = []
-    tmp = tempfile.TemporaryFile()  # unlinked at once: nothing is left on disk
+    tmps = (tempfile.TemporaryFile(), tempfile.TemporaryFile())  # unlinked at once: nothing is left on disk
     try:
-        with _region(os.dup(tmp.fileno()), False):
+        with _region(os.dup(tmps[0].fileno()), False, os.dup(tmps[1].fileno())):
             yield lines
     finally:
-        tmp.seek(0)
-        lines += tmp.read().decode("utf-8", "replace").splitlines()
-        tmp.close()
         patterns = NOISE if noise is None else noise
-        keep = lines if verbose() else [x for x in lines if not any(p.search(x) for p in patterns)]
-        if keep:
-            _flush_python()
-            with contextlib.suppress(OSError):
-                os.write(2, ("\n".join(keep) + "\n").encode("utf-8", "replace"))
+        _flush_python()
+        for fd, tmp in zip((1, 2), tmps):
+            tmp.seek(0)
+            got = tmp.read().decode("utf-8", "replace").splitlines()
+            tmp.close()
+            lines += got
+            keep = got if verbose() else [x for x in got if not any(p.search(x) for p in patterns)]
+            if keep:
+                with contextlib.suppress(OSError):
+                    os.write(fd, ("\n".join(keep) + "\n").encode("utf-8", "replace"))
 
 
 @contextlib.contextmanager
-def _region(sink: int, verbose: bool) -> Iterator[None]:
-    """Point fd 1/2 (and new Python streams on them) at ``sink`` (closed on exit); tee when ``verbose``."""
+def _region(sink: int, verbose: bool, sink_err: int | None = None) -> Iterator[None]:
+    """Point fd 1 and 2 (and new Python streams on them) at ``sink`` (fd 2 at ``sink_err`` when given; both closed
+    on exit); tee when ``verbose``."""
     global _owner, _depth, _real_fds
     me = threading.get_ident()
     with _lock:
@@ -206,7 +210,8 @@ def _region(sink: int, verbose: bool) -> Iterator[None]:
                 _owner, _real_fds = me, (os.dup(1), os.dup(2))
             _depth += 1
     if not active:
-        os.close(sink)
+        for fd in {sink, sink_err} - {None}:
+            os.close(fd)
         yield
         return
     tees: list[_Tee] = []
@@ -216,7 +221,7 @@ def _region(sink: int, verbose: bool) -> Iterator[None]:
         os.dup2(tees[1].write_fd, 2)
     else:
         os.dup2(sink, 1)
-        os.dup2(sink, 2)
+        os.dup2(sink if sink_err is None else sink_err, 2)
     old_streams = (sys.stdout, sys.stderr)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
@@ -231,7 +236,7 @@ def _region(sink: int, verbose: bool) -> Iterator[None]:
             os.dup2(saved[1], 2)
             for tee in tees:
                 tee.close()
-            for fd in (*saved, sink):
+            for fd in {*saved, sink, sink_err} - {None}:
                 os.close(fd)
             _depth -= 1
             if _depth == 0:
