@@ -4,7 +4,9 @@ TVM 0.27 can segfault in its C++ code (``tvm::s_tir::Tensorize``, ``tvm::ffi::To
 tuning; it can also hang. :func:`call` runs a module-level function in a child process and turns a crash or a
 hang into a :class:`ConversionError` naming the work and the signal. The child's environment never carries
 ``TVM_USE_RUNTIME_LIB`` (a runtime-only TVM in this process does not reach it), it imports the compiler once and
-stays warm for later calls (``import tvm`` costs seconds), and it exits when this process closes its pipe.
+stays warm for later calls (a cold child costs ~15-35 s here, a warm compile of a small segment ~1 s), and it exits
+when this process closes its pipe or after ``IDLE_EXIT_S`` without work. Its output (TVM's warnings, a crash's
+backtrace) goes to a temporary log file, kept and named in the error when it crashed or hung.
 
 Environment:
 
@@ -34,6 +36,9 @@ RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
 DEFAULT_TIMEOUT = 3600.0
 #: idle warm children kept for later calls; a child is replaced after this many calls (TVM leaks a little)
 MAX_IDLE, MAX_CALLS = 2, 64
+#: a child exits after this many seconds without work (it holds TVM's compiler, ~400 MB); the caller stops
+#: using one IDLE_MARGIN_S before that, so a call never meets a child that is leaving
+IDLE_EXIT_S, IDLE_MARGIN_S = 300.0, 60.0
 
 #: True inside a child: compiler work runs here in-process
 IN_CHILD = False
@@ -82,6 +87,8 @@ def _serve(conn) -> None:
     os.environ.pop(RUNTIME_ONLY_ENV, None)
     while True:
         try:
+            if not conn.poll(IDLE_EXIT_S):
+                return
             fn, args, kwargs, wants_log, _HOOK[0] = conn.recv()
         except (EOFError, OSError):
             return
@@ -114,7 +121,7 @@ class _Child:
         env = {k: v for k, v in os.environ.items() if k != RUNTIME_ONLY_ENV}  # the child needs the compiler
         fd, self.log_path = tempfile.mkstemp(prefix="edgekit-tvm-", suffix=".log")
         try:  # TVM's warnings and crash backtraces go to a log file, named in crash messages
-            self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+            self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno()), self.log_path],
                                          pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                                          stdout=fd, stderr=fd)
         finally:
@@ -122,6 +129,7 @@ class _Child:
             os.close(fd)
         self.conn = Connection(ours.detach())
         self.calls = 0
+        self.last_used = time.monotonic()
 
     def call(self, fn: Callable, args: tuple, kwargs: dict, what: str, log, timeout: float, hint: str) -> Any:
         from multiprocessing.connection import wait
@@ -134,19 +142,20 @@ class _Child:
             if left <= 0 or not wait([self.conn], timeout=left):
                 self.kill()
                 raise ConversionError(f"TVM hung: no result after {timeout:g} s {what} (its child process was "
-                                      f"stopped; {TIMEOUT_ENV} sets the limit in seconds; its output: "
-                                      f"{self.log_path}){hint}")
+                                      f"stopped; {TIMEOUT_ENV} sets the limit in seconds{self._log_note()}){hint}")
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 code = self._wait(10)
                 self.kill()
                 verb = "crashed" if code is not None and code < 0 else "failed"
-                raise ConversionError(f"TVM {verb} ({signal_name(code)}) {what} (its output: {self.log_path})"
+                note = self._log_note()
+                raise ConversionError(f"TVM {verb} ({signal_name(code)}) {what}{f' ({note[2:]})' if note else ''}"
                                       f"{hint}") from None
             if msg[0] == "log":
                 log(msg[1])
                 continue
+            self.last_used = time.monotonic()
             if msg[0] == "ok":
                 return msg[1]
             return _raise(msg[1], msg[2], what)
@@ -160,7 +169,9 @@ class _Child:
             return None
 
     def alive(self) -> bool:
-        return self.proc.poll() is None and not self.conn.closed
+        """Running, and not about to leave for lack of work."""
+        fresh = time.monotonic() - self.last_used < IDLE_EXIT_S - IDLE_MARGIN_S
+        return fresh and self.proc.poll() is None and not self.conn.closed
 
     def close(self, wait_s: float = 5.0) -> None:
         """Let the child exit (its pipe closes), stopping it when it does not; its log goes (no crash to keep)."""
@@ -170,6 +181,16 @@ class _Child:
             self.kill()
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
+
+    def _log_note(self) -> str:
+        """``"; its output: PATH"`` when the child wrote something, else "" (and the empty log goes)."""
+        try:
+            if os.path.getsize(self.log_path):
+                return f"; its output: {self.log_path}"
+            os.unlink(self.log_path)
+        except OSError:
+            pass
+        return ""
 
     def kill(self) -> None:
         if not self.conn.closed:
@@ -205,7 +226,7 @@ def call(fn: Callable, *args: Any, what: str, log: Callable[[str], None] | None 
         child = _IDLE.pop() if _IDLE else None
     if child is None or not child.alive():
         if child is not None:
-            child.kill()
+            child.close(0.1)  # idle too long (or gone): its log holds no crash
         child = _Child()
     ok = False
     try:
@@ -240,10 +261,13 @@ def shutdown() -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Child entry point: serve calls on the inherited socket ``argv[0]`` until the parent closes it."""
+    """Child entry point: serve calls on the inherited socket ``argv[0]`` until the parent closes it or no work
+    comes; then remove the log file ``argv[1]`` (a crashed child keeps it: the parent names it)."""
     from multiprocessing.connection import Connection
 
     _serve(Connection(int(argv[0])))
+    with contextlib.suppress(OSError, IndexError):
+        os.unlink(argv[1])
 
 
 if __name__ == "__main__":

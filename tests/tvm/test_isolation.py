@@ -7,10 +7,12 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,12 +37,17 @@ def test_crash_in_the_compiler_child_is_an_error_and_the_caller_lives_on(tvm_mod
     """The child really dies of SIGSEGV (EDGEKIT_TEST_CRASH_TVM_CHILD): segment and whole-model compiles fail with
     a ConversionError naming segment, ops, board and signal; the next compile works in this same process."""
     monkeypatch.setenv(CRASH_ENV, "segv")
-    with pytest.raises(ConversionError, match=r"TVM crashed \(SIGSEGV\) compiling segment 1 \(ops: Relu\) for host"):
+    with pytest.raises(ConversionError, match=r"TVM crashed \(SIGSEGV\) compiling segment 1 \(ops: Relu\) for host"
+                       ) as info:
         build_composite(tvm_models["mlp1"], tmp_path / "comp", "onnx", fallback_ops=["Relu"])
     assert not (tmp_path / "comp").exists()
+    log = Path(re.search(r"its output: (\S+\.log)", str(info.value)).group(1))  # the child's crash backtrace
+    assert "Segfault" in log.read_text()
+    log.unlink()
     assert main(["compile", str(tvm_models["mlp1"]), "-o", str(tmp_path / "whole")]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "TVM crashed (SIGSEGV) compiling tvm_mlp1.onnx for host" in last and "Traceback" not in last
+    Path(re.search(r"its output: (\S+\.log)", last).group(1)).unlink()
     monkeypatch.delenv(CRASH_ENV)
     lib = compile_onnx(tvm_models["mlp1"], tmp_path / "after", shape_dict={"x": [1, 16]})
     ref = models.ort_reference(tvm_models["mlp1"], {"x": _mlp_x()})["logits"]
