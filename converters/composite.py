@@ -123,6 +123,28 @@ def _progress(total: int, desc: str):
         return None
 
 
+def segment_calibration(model: Any, names: Sequence[str], calibration: dict | None) -> dict | None:
+    """Calibration data for a segment: its input tensors, computed by running the fp32 model on the model's own
+    calibration data where a segment starts inside the graph (``[N, ...]`` per tensor, one row per sample)."""
+    if calibration is None or all(n in calibration for n in names):
+        return None if calibration is None else {n: calibration[n] for n in names}
+    import onnxruntime as ort
+
+    from .accuracy import _expose
+    from .calibration import samples
+    from .canonical import io_specs
+
+    blob, exposed = _expose(model, names)
+    missing = sorted(set(names) - set(exposed))
+    if missing:
+        raise ConversionError(f"no calibration data for segment input(s) {', '.join(missing)}: their types are unknown")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    rows = [sess.run(list(names), f) for f in samples(calibration, io_specs(model)[0])]
+    return {n: np.stack([r[i] for r in rows]) for i, n in enumerate(names)}
+
+
 def _export_runtime(seg_path: Path, out_stem: Path, fmt: str, precision: str, calibration: dict | None) -> Path:
     if fmt == "onnx" and precision == "fp32":
         target = out_stem.with_suffix(".onnx")
@@ -217,7 +239,8 @@ def build_composite(onnx_path: str | Path, out_dir: str | Path, target_format: s
             else:
                 if bar is not None:
                     bar.set_postfix_str(f"{name} {step_fmt}")
-                art = _export_runtime(seg_path, tmp / name, step_fmt, precision, calibration)
+                art = _export_runtime(seg_path, tmp / name, step_fmt, precision,
+                                      segment_calibration(model, [i.name for i in ins], calibration))
                 step.update(kind="runtime", format=step_fmt, artifacts={"any": art.name})
                 if bar is not None:
                     bar.update()

@@ -153,3 +153,15 @@ def test_the_converters_output_goes_to_the_bundle_log(tmp_path, mlp_onnx, capfd)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert (tmp_path / "b" / "convert.log").is_file()
+
+
+def test_int8_composite_calibrates_segments_that_start_inside_the_graph(tmp_path, model_dir):
+    """MatMul (Core ML) -> CumSum (TVM) -> Relu, MatMul (Core ML): the last segment's input gets calibration data
+    computed from the model's own (KeyError on that tensor when the model's data was passed to every segment)."""
+    _usable("coreml")
+    src = models.save(models.cumsum_model(), model_dir / "cumsum.onnx")
+    cal = {"x": np.random.default_rng(0).standard_normal((8, 1, 4, 8)).astype(np.float32)}
+    b = edgekit.convert(src, tmp_path / "b", targets="coreml", quantize="int8", calibration=cal, progress=False)
+    assert b.failed == []
+    v = b.variant("coreml-int8+tvm")
+    assert v.format == "composite" and v.passed, v.validation
