@@ -144,22 +144,20 @@ def _cost_row(b: Bundle, v: Variant, prof, host, threads, specs, given, recorded
             "runs_here": _backend_for(v, backend) is not None}, shapes
 
 
-def _measure(b: Bundle, shapes: dict[str, Shapes], specs: list[TensorSpec], opts: dict, cache_dir) -> tuple[dict,
-                                                                                                           list[str]]:
+def _measure(b: Bundle, shapes: dict[str, Shapes], opts: dict, cache_dir) -> tuple[dict, list[str]]:
     """Host latency stats of each variant in ``shapes`` at its shapes, and the ids measured now (not cached)."""
     from .profile_cache import ProfileCache
     from .profile_cache import measure as measure_fn
     from .specs import random_feeds
 
     def measure_ids(vids: list[str]) -> dict[str, dict]:
-        sessions = {vid: b.load(vid, **opts) for vid in vids}
-        feeds = {vid: random_feeds([replace(s, shape=shapes[vid][s.name]) if s.name in shapes[vid] else s
-                                    for s in (specs or sessions[vid].inputs)], seed=0) for vid in vids}
-        try:
-            return measure_fn({vid: (lambda s=s, f=feeds[vid]: s.run(f)) for vid, s in sessions.items()})
-        finally:
-            for s in sessions.values():
-                s.close()
+        out = {}
+        for vid in vids:  # one variant at a time: no other runtime's threads disturb its timing
+            with b.load(vid, **opts) as sess:
+                feeds = random_feeds([replace(s, shape=shapes[vid][s.name]) if s.name in shapes[vid] else s
+                                      for s in sess.inputs], seed=0)
+                out.update(measure_fn({vid: lambda s=sess, f=feeds: s.run(f)}, max_seconds=1.0))
+        return out
 
     key = {vid: {k: list(s) for k, s in sh.items()} for vid, sh in shapes.items()}
     cache = ProfileCache(b, {**opts, "input_shapes": key}, root=cache_dir)
@@ -236,7 +234,7 @@ def plan(bundle: str | Bundle, board: str, budget_ms: float, threads: int | None
     measured, fresh = {}, []
     if measure and measurable:
         opts = {"backend": backend, **({"threads": threads} if threads else {})}
-        measured, fresh = _measure(b, measurable, specs, opts, cache_dir)
+        measured, fresh = _measure(b, measurable, opts, cache_dir)
     _estimate(rows, measured, fresh, quantile_key, budget)
     return _report(b, prof, host, budget, threads, quantile_key, given, rows)
 
