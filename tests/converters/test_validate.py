@@ -14,6 +14,7 @@ from edgekit.converters import validate as V
 from edgekit.converters.canonical import io_specs
 from edgekit.converters.quantize import quantize, to_fp16
 from edgekit.errors import ConversionError
+from edgekit.specs import TensorSpec
 
 import models
 
@@ -310,3 +311,179 @@ def test_the_report_names_the_deciding_output_lists_each_output_and_the_failures
     assert "mean) <= 0.03" not in text and "0.03 (mean)" in text and "cosine >= 0.99" in text
     plain = render("m.onnx", "onnx", ["x"], ["y"], rows[2:], [], [], {"cosine": 0.9, "top1": 0.5}, "3", 1.0)
     assert "## Failed" not in plain and "## Outputs" not in plain and "cosine >= 0.9 " in plain
+
+
+def test_an_nhwc_artifact_with_narrower_ints_is_matched_to_the_source_by_position(tmp_path):
+    """Inputs are transposed NCHW -> NHWC and cast (int64 -> int32) for the artifact, outputs transposed back."""
+    src, art = models.layout_pair(False), models.layout_pair(True)
+    feeds = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), "k": np.array([[5, -2, 7, 40000]])}
+             for _ in range(3)]
+    got, method = V.run_artifact(models.save(art, tmp_path / "nhwc.onnx"), "onnx", feeds, *io_specs(src))
+    assert method == "runtime" and got[0][0].shape == (1, 4, 8, 8) and got[0][1].dtype == np.int64
+    m = _validate(tmp_path, src, art, feeds)
+    assert m["passed"] and m["outputs"]["y"]["max_abs"] < 1e-5 and m["outputs"]["k_out"]["mismatch"] == 0.0
+
+
+class _OrtEvaluator:
+    """An exporter's graph check, here ONNX Runtime on the source file (outputs by name, as exporters return)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def evaluate(self, artifact, feed: dict) -> dict:
+        return models.ort_reference(self.path, feed)
+
+
+def test_an_artifact_no_backend_runs_here_is_checked_through_its_exporter(tmp_path):
+    src = models.classifier_pair()
+    src_path = models.save(src, tmp_path / "src.onnx")
+    package = tmp_path / "model.mlpackage"
+    package.mkdir()
+    (package / "Manifest.json").write_text("{}")
+    feeds = _feeds(src, n=3)
+    ref = V.run_onnx(src_path, feeds)
+    m = V.validate(package, "coreml", feeds, ref, *io_specs(src), exporter=_OrtEvaluator(src_path))
+    assert m["method"] == "graph-check" and m["passed"] and m["max_abs"] == 0.0
+    with pytest.raises(ConversionError, match="model.mlpackage: the exported coreml artifact does not run"):
+        V.validate(package, "coreml", feeds, ref, *io_specs(src))
+
+
+def test_a_classifier_is_a_first_float_output_of_shape_batch_by_classes():
+    def spec(shape, dt=np.float32):
+        return TensorSpec("y", shape, np.dtype(dt))
+
+    assert V.is_classifier([spec((1, 10))]) and V.is_classifier([spec((None, 2)), spec((1,), np.int64)])
+    assert not V.is_classifier([]) and not V.is_classifier([spec((1, 1))]) and not V.is_classifier([spec((1, None))])
+    assert not V.is_classifier([spec((1, 10), np.int64)]) and not V.is_classifier([spec((1, 10, 2))])
+    assert not V.is_classifier([spec((4,)), spec((1, 10))])                # only the first output counts
+
+
+def _one_hot_path(path: list[int], v: int = 12) -> np.ndarray:
+    """[1, T, V] probabilities whose greedy path is ``path`` (0.6 on the path, the rest spread)."""
+    a = np.full((1, len(path), v), 0.4 / (v - 1), np.float32)
+    a[0, np.arange(len(path)), path] = 0.6
+    return a
+
+
+def test_ctc_sequences_are_compared_after_greedy_decoding():
+    ref = [[_one_hot_path([0, 3, 3, 0, 3, 5, 5, 0])], [_one_hot_path([1, 1, 2, 0, 2, 0, 0, 4])]]
+    same = [[_one_hot_path([3, 0, 0, 3, 3, 0, 5, 0])], [_one_hot_path([1, 0, 2, 2, 0, 2, 4, 4])]]   # same text
+    m = V.compare(ref, same, None)
+    assert m["task"] == {"output0": "ctc"} and m["outputs"]["output0"]["sequence"] == 1.0
+    other = [[_one_hot_path([0, 3, 0, 3, 0, 3, 5, 0])], [_one_hot_path([1, 1, 2, 0, 2, 0, 0, 4])]]  # 3 3 3 5
+    m = V.compare(ref, other, None)
+    assert m["outputs"]["output0"]["sequence"] == 0.5 and "sequence" in m["outputs"]["output0"]["failed"]
+    blanks = [[_one_hot_path([0, 0, 0, 0, 0, 0, 0, 0])], [_one_hot_path([1, 1, 2, 0, 2, 0, 0, 4])]]
+    assert V.compare(ref, blanks, None)["outputs"]["output0"]["sequence"] == 0.5
+    merged = [[_one_hot_path([0, 3, 3, 3, 3, 5, 5, 0])], [_one_hot_path([1, 2, 2, 2, 2, 0, 4, 0])]]  # 3 5 / 1 2 4
+    assert V.compare(ref, merged, None)["outputs"]["output0"]["sequence"] == 0.0
+
+
+def _det(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """[1, 4 + C, anchors] from boxes [anchors, 4] (cx, cy, w, h) and scores [anchors, C]."""
+    return np.concatenate([boxes, scores], 1).T[None].astype(np.float32)
+
+
+def test_detector_box_iou_and_class_agreement_are_exact_figures():
+    n = 80
+    boxes = np.tile([[100.0, 100.0, 20.0, 10.0]], (n, 1))
+    scores = np.zeros((n, 2))
+    scores[:10, 0], scores[10:20, 1] = 0.9, 0.5                     # 20 confident anchors, the rest silent
+    ref = [[_det(boxes, scores)]]
+    shifted = boxes.copy()
+    shifted[:, 0] += 10                                             # half the width: IoU = 100 / 300
+    m = V.compare(ref, [[_det(shifted, scores)]], None)
+    d = m["outputs"]["output0"]
+    assert d["task"] == "detector" and d["box_iou"] == pytest.approx(1 / 3) and d["det_class"] == 1.0
+    assert m["decided_by"]["metric"] == "box_iou" and not m["passed"]
+    grown = boxes.copy()
+    grown[:, 2:] *= 2                                               # same centre, twice the size: IoU 1/4
+    assert V.compare(ref, [[_det(grown, scores)]], None)["outputs"]["output0"]["box_iou"] == pytest.approx(0.25)
+    far = boxes.copy()
+    far[:, 1] += 50                                                 # no overlap
+    assert V.compare(ref, [[_det(far, scores)]], None)["outputs"]["output0"]["box_iou"] == 0.0
+    flat = boxes.copy()
+    flat[:, 2:] = 0                                                 # empty boxes on both sides: the same box
+    assert V.compare([[_det(flat, scores)]], [[_det(flat, scores)]], None)["outputs"]["output0"]["box_iou"] == 1.0
+    weak = scores.copy()
+    weak[:10, 0] = 0.1                                              # same class, below half the confidence
+    weak[30:35, 1] = 0.3                                            # 5 anchors only the variant is sure of
+    d = V.compare(ref, [[_det(boxes, weak)]], None)["outputs"]["output0"]
+    assert d["det_class"] == pytest.approx(10 / 25) and d["box_iou"] == 1.0
+    none = [[_det(boxes, np.zeros((n, 2)))]]
+    d = V.compare(none, none, None)["outputs"]["output0"]
+    assert d["det_class"] is None and d["box_iou"] is None
+
+
+def test_slack_puts_every_metric_on_one_scale():
+    assert V._slack("cosine", 0.995, 0.99) == pytest.approx(0.5)
+    assert V._slack("mean_rel_err", 0.015, 0.03) == pytest.approx(0.5)
+    assert V._slack("mismatch", 0.0, 0.0) == 1.0 and V._slack("mismatch", 0.5, 0.0) == -1.5
+    assert V._slack("cosine", float("nan"), 0.99) == -np.inf and V._slack("rel_err", np.inf, 0.5) == -np.inf
+    assert V._slack("top1", 1.0, 1.0) == 0.0
+
+
+def test_a_figure_exactly_at_its_threshold_passes(tmp_path):
+    ref, outs = _pair_outputs(tmp_path)
+    got = [[r[0] + np.float32(0.05) * np.random.default_rng(1).standard_normal(r[0].shape), r[1]] for r in ref]
+    cos = V.compare(ref, got, outs)["outputs"]["logits"]["cosine"]
+    m = V.compare(ref, got, outs, cosine_threshold=cos)
+    assert m["passed"] and m["decided_by"]["metric"] == "cosine" and m["outputs"]["logits"]["slack"] == 0.0
+    assert not V.compare(ref, got, outs, top1_threshold=1.01)["passed"]
+    m = V.validate(models.save(models.classifier_pair(), tmp_path / "v.onnx"), "onnx", _feeds(models.classifier_pair(),
+                   n=8), ref, *io_specs(models.classifier_pair()), cosine_threshold=0.5,
+                   thresholds=V.Thresholds(box_iou=0.1), tasks={"aux": None})
+    assert m["thresholds"]["cosine"] == 0.5 and m["thresholds"]["box_iou"] == 0.1 and m["task"] == {
+        "logits": "classifier"}
+
+
+def test_energy_decides_which_samples_the_cosine_uses():
+    """Samples with RMS 4, 0.08 (2% of the largest: counted) and 0.02 (0.5%: left out)."""
+    base = np.linspace(-1, 1, 64, dtype=np.float32)[None]
+    unit = base / np.sqrt(np.mean(base.astype(np.float64) ** 2))
+    ref = [[(unit * s).astype(np.float32)[:, :, None]] for s in (4.0, 0.08, 0.02)]   # [1, 64, 1]: no task
+    got = [[ref[0][0]], [ref[1][0]], [-ref[2][0]]]              # the faint sample is negated: not judged by cosine
+    m = V.compare(ref, got, None)
+    out = m["outputs"]["output0"]
+    assert out["n_energy"] == 2 and out["cosine"] == pytest.approx(1.0) and out["cosine_min"] == pytest.approx(1.0)
+    assert out["kind"] == "float" and out["task"] is None
+    assert out["range"] == [float(ref[0][0].min()), float(ref[0][0].max())]
+    assert m["cosine_min"] == out["cosine_min"] and m["mean_abs"] == out["mean_abs"] > 0 and m["passed"]
+    zeroed = V.compare(ref, [[np.zeros_like(r[0])] for r in ref], None)["outputs"]["output0"]
+    assert zeroed["cosine"] == 0.0 and zeroed["n_energy"] == 2
+
+
+def test_single_samples_single_elements_and_empty_outputs():
+    one = V.compare([[np.array([[1.0]], np.float32), np.array([[7]])]], [[np.array([[1.5]], np.float32),
+                                                                          np.array([[8]])]], None)
+    f, i = one["outputs"]["output0"], one["outputs"]["output1"]
+    assert f["mean_abs"] == 0.5 and f["max_abs"] == 0.5 and f["range"] == [1.0, 1.0]
+    assert i["mismatch"] == 1.0 and i["mean_abs"] == 1.0 and i["max_abs"] == 1.0
+    empty = V.compare([[np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)]],
+                      [[np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)]], None)
+    assert empty["passed"] and empty["outputs"]["output0"]["range"] == [0.0, 0.0]
+    assert empty["max_abs"] == 0.0 and empty["outputs"]["output0"]["cosine"] is None
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert V.compare([[x]], [[x.reshape(3, 2)]], None)["max_abs"] == 0.0      # same size: read in source order
+    for a, task in [(np.zeros((1, 5, 80), np.float32) + 0.5, "detector"), (_softmax(RNG.standard_normal((1, 4, 10))),
+                    "ctc"), (RNG.standard_normal((3, 4)), "classifier"), (np.zeros((1, 0)), None)]:
+        assert V.infer_task([a]) == task                          # one sample (dynamic shapes: each its own)
+
+
+@pytest.mark.parametrize("make,task", [
+    (lambda r: _softmax(r.standard_normal((1, 12, 20))) * (1 + 5e-4), "ctc"),          # within 1e-3 of 1
+    (lambda r: _softmax(r.standard_normal((1, 12, 20))) * 1.01, None),
+    (lambda r: np.log(_softmax(r.standard_normal((1, 12, 20)))) + 5e-4, "ctc"),
+    (lambda r: np.log(_softmax(r.standard_normal((1, 12, 20)))) + 0.01, None),
+    (lambda r: np.concatenate([r.uniform(0, 640, (1, 4, 80)), r.uniform(1.5, 2, (1, 1, 80)),
+                               r.uniform(0, 1, (1, 2, 80))], 1), None),                 # first class out of [0, 1]
+])
+def test_near_miss_tasks_are_not_inferred(make, task):
+    rng = np.random.default_rng(3)
+    assert V.infer_task([make(rng), make(rng)]) == task
+
+
+def test_top1_counts_every_decided_row_of_a_batch():
+    ref = [[np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]], np.float32)]]
+    got = [[np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 2.9], [0.0, 1.0, 0.0]], np.float32)]]
+    assert V.compare(ref, got, None)["top1"] == pytest.approx(2 / 3)        # the tied last row is undecided
