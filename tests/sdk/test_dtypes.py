@@ -114,6 +114,7 @@ def test_spec_dtype_names_and_json():
     assert TensorSpec.from_json({"name": 7, "shape": [2], "dtype": "float8_e4m3fn"}) == TensorSpec(
         "7", (2,), np.dtype(ml_dtypes.float8_e4m3fn), "tensor")
     assert TensorSpec.from_json(seq.to_json()) == seq
+    assert len({seq, TensorSpec.from_json(seq.to_json())}) == 1         # frozen: hashable, usable as a key
 
 
 def test_spec_shapes_and_text():
