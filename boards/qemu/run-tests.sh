@@ -109,7 +109,7 @@ SITE_RECIPE=3  # 2: TVM runtime-only (libtvm_compiler.so removed); 3: dependenci
 SITE_KEY=$(printf '%s\n' "$RECIPE" "$SITE_RECIPE" "${WHEELS[@]}" "$REQUIRES" | key -)
 SITE="$CACHE/site-py311-$SITE_KEY"
 if [ ! -f "$SITE/.complete" ]; then
-    log "installing aarch64 wheels: ${WHEELS[*]}"
+    log "installing aarch64 wheels: $(basename "$WHEEL")[tflite] ${WHEELS[*]}"
     PLAT=(); for n in $(seq 17 36); do PLAT+=(--platform "manylinux_2_${n}_aarch64"); done
     PLAT+=(--platform manylinux2014_aarch64 --platform linux_aarch64)
     rm -rf "$SITE.tmp"
