@@ -541,3 +541,18 @@ def split_needs_height(seed: int = 0):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, "W"])],
                           [numpy_helper.from_array(np.array([2, 2], np.int64), "sizes")])
     return _model(g)
+
+
+def layout_pair(nhwc: bool, seed: int = 0):
+    """x[1,3,8,8] (NHWC artifact: [1,8,8,3]) -> 1x1 Conv -> y[1,4,8,8] (NHWC: [1,8,8,4]); k int64[1,4] (artifact:
+    int32) -> k_out int64: an exporter's layout and dtype changes that validation undoes by position."""
+    w = numpy_helper.from_array(_w(np.random.default_rng(seed), 4, 3, 1, 1, scale=1.0), "W")
+    n = helper.make_node
+    if not nhwc:
+        nodes = [n("Conv", ["x", "W"], ["y"]), n("Identity", ["k"], ["k_out"])]
+        ins, outs = [_io("x", [1, 3, 8, 8]), _io("k", [1, 4], 7)], [_io("y", [1, 4, 8, 8]), _io("k_out", [1, 4], 7)]
+    else:
+        nodes = [n("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]), n("Conv", ["xt", "W"], ["yc"]),
+                 n("Transpose", ["yc"], ["y"], perm=[0, 2, 3, 1]), n("Cast", ["k"], ["k_out"], to=7)]
+        ins, outs = [_io("x", [1, 8, 8, 3]), _io("k", [1, 4], 6)], [_io("y", [1, 8, 8, 4]), _io("k_out", [1, 4], 7)]
+    return _model(helper.make_graph(nodes, "layout_pair", ins, outs, [w]))
