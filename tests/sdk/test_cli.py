@@ -239,3 +239,17 @@ def test_doctor_checks_the_cross_compiler_boards_need(capsys, tmp_path, monkeypa
     cc = next(c for c in rep["cross_compilers"] if c["compiler"] == "aarch64-linux-gnu-g++")
     assert cc["found"] and cc["path"] == str(fake) and cc["install"] is None
     assert not any("aarch64-linux-gnu-g++" in m for m in rep["missing"])
+
+
+@pytest.mark.slow
+def test_inspect_core_ml_without_coremltools_banners(tmp_path, mlp_onnx):
+    """coremltools' import prints "Failed to load _MLModelProxy" and version banners on Linux: only with --verbose."""
+    pytest.importorskip("coremltools")
+    from edgekit.converters import get_exporter
+
+    pkg = get_exporter("coreml").export(mlp_onnx, tmp_path / "mlp.mlpackage", "fp32")
+    res = _console("inspect", str(pkg))
+    assert res.returncode == 0 and "coreml" in res.stdout and "x: float32" in res.stdout
+    assert "Proxy" not in res.stdout + res.stderr and "coremltools" not in res.stderr, res.stderr
+    res = _console("inspect", str(pkg), "--verbose")
+    assert res.returncode == 0 and "Failed to load _MLModelProxy" in res.stderr
