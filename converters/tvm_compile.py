@@ -62,6 +62,7 @@ class BoardTarget:
 @functools.cache
 def host_target() -> dict:
     """The TVM target of this CPU (LLVM's name for it, so vector units are used); asked of the compiler child."""
+    require_tvm_installed()
     return tvm_child.call(_host_target_here, what="asking TVM for this CPU's LLVM name")
 
 

@@ -88,12 +88,18 @@ _ORDERS = """
     a = compile_onnx(SRC, OUT + "/a")                           # compile, then load
     ya = edgekit.load(a).run({{"x": x}})["logits"]
     runtime_only = bool(sys.modules["tvm"].base._RUNTIME_ONLY)  # the session loaded TVM's runtime only
+    try:                                                        # the compiler asked for in this process: clear error
+        from edgekit.converters.tvm_compile import require_compiler
+        require_compiler()
+        in_process = "no error"
+    except edgekit.EdgekitError as exc:
+        in_process = type(exc).__name__ + ": " + str(exc)
     code_b = main(["compile", SRC, "-o", OUT + "/b"])            # load, then compile in this process
     child = subprocess.run([sys.executable, "-m", "edgekit.cli", "compile", SRC, "-o", OUT + "/c"],
                            capture_output=True, text=True)      # load, then compile in a child process
     outs = [ya.tolist()] + [edgekit.load(OUT + f"/{{n}}.so").run({{"x": x}})["logits"].tolist() for n in "bc"]
     print(json.dumps({{"runtime_only": runtime_only, "b": code_b, "c": child.returncode, "c_err": child.stderr[-800:],
-                      "env": os.environ.get("TVM_USE_RUNTIME_LIB"), "outs": outs}}))
+                      "env": os.environ.get("TVM_USE_RUNTIME_LIB"), "outs": outs, "in_process": in_process}}))
 """
 
 
@@ -106,6 +112,7 @@ def test_compile_and_load_in_either_order_in_one_process_and_across_a_child(tvm_
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["runtime_only"] and res["env"] is None
+    assert res["in_process"].startswith("ConversionError: the TVM compiler is not available in this process")
     assert res["b"] == 0 and res["c"] == 0, res["c_err"]
     ref = models.ort_reference(tvm_models["mlp1"], {"x": _mlp_x()})["logits"]
     for got in res["outs"]:
