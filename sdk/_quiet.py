@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -123,11 +124,14 @@ def progress_enabled(requested: bool = True, stream: TextIO | None = None) -> bo
 
 
 class _Tee:
-    """Copies everything written to a pipe into ``targets`` (file descriptors) from a thread."""
+    """Copies everything written to a pipe into ``targets`` (file descriptors, duplicated) from a thread.
+
+    A child process that inherited the pipe (a warm worker) keeps it open after the region: the thread then lives
+    on with its own copies of the targets, so closing the region's descriptors never redirects its writes."""
 
     def __init__(self, targets: list[int]):
         self.read_fd, self.write_fd = os.pipe()
-        self.targets = targets
+        self.targets = [os.dup(fd) for fd in targets]
         self.thread = threading.Thread(target=self._pump, name="edgekit-tee", daemon=True)
         self.thread.start()
 
@@ -139,11 +143,17 @@ class _Tee:
             for fd in self.targets:
                 with contextlib.suppress(OSError):
                     os.write(fd, data)
-        os.close(self.read_fd)
+        for fd in (self.read_fd, *self.targets):
+            os.close(fd)
 
-    def close(self) -> None:
-        os.close(self.write_fd)
-        self.thread.join(timeout=5)  # a child process still holding the pipe keeps it open: do not hang on it
+    @staticmethod
+    def close_all(tees: list[_Tee], wait_s: float = 1.0) -> None:
+        """Close the pipes' write ends, then wait (``wait_s`` in all) until what was written is copied."""
+        for tee in tees:
+            os.close(tee.write_fd)
+        deadline = time.monotonic() + wait_s
+        for tee in tees:  # a child process still holding a pipe keeps its thread alive: do not wait for it
+            tee.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
 
 def _open_sink(log_path: Path | None) -> int:
@@ -234,8 +244,7 @@ def _region(sink: int, verbose: bool, sink_err: int | None = None) -> Iterator[N
         with _lock:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
-            for tee in tees:
-                tee.close()
+            _Tee.close_all(tees)
             for fd in {*saved, sink, sink_err} - {None}:
                 os.close(fd)
             _depth -= 1

@@ -164,3 +164,19 @@ def test_filtered_drops_known_banners_and_keeps_the_rest(capfd, monkeypatch):
         noisy()
     out, err = capfd.readouterr()
     assert "XNNPACK" in err and "_MLModelProxy" in err and "ERROR: a real problem" in out
+
+
+def test_verbose_region_does_not_wait_for_a_child_that_outlives_it(tmp_path, capfd):
+    """A warm worker started inside a region inherits its pipes: the region ends anyway, the worker's later
+    output still reaches the terminal and the log (never a descriptor that was closed and reused)."""
+    import time
+
+    log = tmp_path / "w.log"
+    t0 = time.monotonic()
+    with captured(log, verbose=True):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5); print('late', flush=True)"])
+    took = time.monotonic() - t0
+    child.wait(timeout=60)
+    time.sleep(0.3)
+    assert took < 1.4  # at most the 1 s grace for the pipes, not the child's life
+    assert "late" in log.read_text() and "late" in capfd.readouterr().out
