@@ -11,8 +11,8 @@ another thread while one is active changes nothing, so that thread's output goes
 handlers that hold a non-file stream (e.g. pytest's) keep writing to it. Windows is not supported (no-op there).
 
 ``filtered()`` wraps short native calls that print banners (LiteRT's interpreter creation, coremltools' import):
-it captures their output, then re-emits on stderr every line that is not in :data:`NOISE`, or all of them when
-:func:`verbose` (the CLI's ``--verbose``, set with :func:`set_verbose`). ``terminal()`` and ``progress_enabled()``
+it captures their output, then re-emits on its own stream every line that is not in :data:`NOISE`, or all of them
+when :func:`verbose` (the CLI's ``--verbose``, set with :func:`set_verbose`). ``terminal()`` and ``progress_enabled()``
 are for our own progress output.
 """
 
