@@ -202,7 +202,6 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
         ctx.notes.append(f"{job.vid}: below threshold; the {job.fmt} exporter cannot keep nodes in float, so no "
                          "accuracy-aware retry")
         return path, val
-    ranked = _ranking(job, ctx, src, path)
 
     def attempt(keep: list[str]) -> dict:
         try:
@@ -213,6 +212,14 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
 
     plain = ctx.work / f"plain-{job.vid}"
     _copy(path, plain)
+    elementwise = _elementwise_nodes(src) if job.prec == "int8" else []
+    if elementwise:      # first: only the weighted ops in int8 (a decomposed LayerNorm or one-hot front end in
+        val2 = attempt(elementwise)      # int8 wrecks some models however many weighted nodes stay float)
+        if val2.get("passed"):
+            ctx.notes.append(f"{job.vid}: passes with only its weighted ops in int8 ({len(elementwise)} other nodes "
+                             "kept in float)")
+            return (art if art.exists() else path), dict(val2, kept_float=elementwise, kept_reason="weighted ops only")
+    ranked = _ranking(job, ctx, src, path)
     val2, kept = retry(ranked, attempt, time_budget_s=ctx.retry_budget_s, baseline=val, patience=2)
     if val2 and val2.get("passed"):
         return (art if art.exists() else path), dict(val2, kept_float=kept)
@@ -237,6 +244,14 @@ def _ranking(job: VariantJob, ctx: JobContext, src: Path, path: Path) -> list[st
             q(src, onnx_q, job.prec, ctx.calib, io_specs(model)[0])
         ctx.rankings[key] = rank_by_activation(model, onnx_q, ctx.feeds, quantizable_nodes(model))
     return ctx.rankings[key]
+
+
+def _elementwise_nodes(src: Path) -> list[str]:
+    """Nodes of ``src`` that static int8 quantizes besides its weighted ops (elementwise math, activations)."""
+    model = onnx.load(str(src), load_external_data=False)
+    weighted = set(quantizable_nodes(model))
+    skip = {"Shape", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Constant", "Identity", "Cast"}
+    return [n.name for n in model.graph.node if n.name not in weighted and n.op_type not in skip]
 
 
 def _fallback(job: VariantJob, ctx: JobContext, exc: UnsupportedOpError, src: Path, art: Path) -> Built:
