@@ -157,7 +157,7 @@ def samples(calib: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]) -> li
             default=0)
     out = []
     for i in range(n):
-        out.append({s.name: calib[s.name][i] if not rows[s.name] else
+        out.append({s.name: np.asarray(calib[s.name][i]) if not rows[s.name] else  # a rank-0 input: 0-d array
                     calib[s.name][i * rows[s.name]:(i + 1) * rows[s.name]] for s in inputs})
     return out
 

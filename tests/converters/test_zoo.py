@@ -2,7 +2,7 @@
 
 Converted to ONNX fp32, fp16 and dynamic int8 on real file bytes (calibration and validation from different files),
 then every variant is loaded with ``edgekit.load`` and checked here against ONNX Runtime on the source file: the
-manifest's verdict must agree with what the variant really computes.
+manifest's verdict must agree with what the variant really computes. Plus the small bugs the zoo found.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pytest
 
 import edgekit
 
+import models
+
 ZOO = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo.py"
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def zoo():
     return mod
 
 
+@pytest.mark.slow
 def test_magika_converts_and_validates_truthfully(zoo, tmp_path):
     model = zoo.BY_NAME["magika_v3_3"]
     src = model.source()
@@ -54,3 +56,18 @@ def test_magika_converts_and_validates_truthfully(zoo, tmp_path):
         assert top1 == 1.0 and cos >= 0.99, (v.id, top1, cos)
         # the manifest's figures are the variant's real ones (not an average that hides an output)
         assert abs(v.validation["cosine"] - cos) < 1e-3, (v.id, v.validation["cosine"], cos)
+
+
+def test_rank0_input_converts_and_validates(tmp_path):
+    """silero-vad's ``sr`` is a rank-0 int64 input: an [N] validation array gives one 0-d array per sample (a numpy
+    scalar made ONNX Runtime refuse the source: 'Unable to handle object of type numpy.int64')."""
+    path = models.save(models.scalar_input(), tmp_path / "scalar.onnx")
+    x = np.random.default_rng(0).normal(size=(6, 1, 4)).astype(np.float32)
+    sr = np.array([16000, 8000, 16000, 8000, 16000, 8000], np.int64)
+    bundle = edgekit.convert(path, tmp_path / "b", targets=["onnx"], quantize=["fp32"],
+                             validation={"x": x, "sr": sr}, progress=False)
+    assert bundle.variant("onnx-fp32").passed
+    sess = edgekit.load(tmp_path / "b")
+    want = models.ort_reference(path, {"x": x[1], "sr": np.array(8000, np.int64)})["y"]
+    got = sess.run({"x": x[1], "sr": np.array(8000, np.int64)})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)  # the same ONNX graph in the same runtime
