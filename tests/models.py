@@ -494,31 +494,6 @@ def sequence_model():
     return _model(g)
 
 
-def cast_model(src: int, dst: int, shape: list, opset: int = 21):
-    """x[shape] of ONNX element type ``src`` -> Cast -> y of ``dst`` (bfloat16/float8/int4 I/O for the facade)."""
-    g = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=dst)], "cast",
-                          [_io("x", shape, src)], [_io("y", shape, dst)])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgekit-tests")
-    m.ir_version = 10
-    onnx.checker.check_model(m)
-    return m
-
-
-def sequence_model():
-    """x[6, 4] -> SplitToSequence (rows of 2) -> parts: seq(float); parts -> SequenceAt 1 -> second: the rows 2-3;
-    and seq_in: seq(int64) -> ConcatFromSequence (axis 0) -> joined."""
-    n = helper.make_node
-    nodes = [n("SplitToSequence", ["x", "two"], ["parts"], axis=0), n("SequenceAt", ["parts", "one"], ["second"]),
-             n("ConcatFromSequence", ["seq_in"], ["joined"], axis=0)]
-    inits = [numpy_helper.from_array(np.array(2, np.int64), "two"), numpy_helper.from_array(np.array(1, np.int64),
-                                                                                             "one")]
-    seq_f = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)
-    seq_i = helper.make_tensor_sequence_value_info("seq_in", TensorProto.INT64, None)
-    g = helper.make_graph(nodes, "sequences", [_io("x", [6, 4]), seq_i],
-                          [seq_f, _io("second", [2, 4]), _io("joined", ["n"], TensorProto.INT64)], inits)
-    return _model(g)
-
-
 # -- TVM isolation and memory (issue 12 item 5, issue 13 items 2 and 6) -------------------------------------------
 
 def wide_mlp(width: int = 512, seed: int = 0):
@@ -543,6 +518,28 @@ def split_needs_height(seed: int = 0):
     return _model(g)
 
 
+def two_symbols(seed: int = 0):
+    """a[n, 64] @ W + b[m, 64] with distinct symbolic dims n, m: ORT's symbolic shape inference stops on it (and
+    used to save sym_shape_infer_temp.onnx + <uuid>.data into the current directory)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    return float_graph("two_symbols", [n("MatMul", ["a", "W"], ["h"]), n("Add", ["h", "b"], ["y"])],
+                       {"a": ["n", 64], "b": ["m", 64]}, {"y": ["n", 64]},
+                       [numpy_helper.from_array(_w(rng, 64, 64), "W")])
+
+
+def conv_transpose_padded(seed: int = 0):
+    """x[1,4,7,9] -> ConvTranspose (group 2, stride 2, pads 1, output_padding 1, no kernel_shape attr) -> y."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    return float_graph("conv_transpose_padded",
+                       [n("ConvTranspose", ["x", "w", "b"], ["y"], group=2, strides=[2, 2], pads=[1, 1, 1, 1],
+                          output_padding=[1, 1])],
+                       {"x": [1, 4, 7, 9]}, {"y": [1, 6, 14, 18]},
+                       [numpy_helper.from_array(_w(rng, 4, 3, 3, 3, scale=0.5), "w"),
+                        numpy_helper.from_array(_w(rng, 6, scale=0.1), "b")])
+
+
 def layout_pair(nhwc: bool, seed: int = 0):
     """x[1,3,8,8] (NHWC artifact: [1,8,8,3]) -> 1x1 Conv -> y[1,4,8,8] (NHWC: [1,8,8,4]); k int64[1,4] (artifact:
     int32) -> k_out int64: an exporter's layout and dtype changes that validation undoes by position."""
@@ -556,6 +553,37 @@ def layout_pair(nhwc: bool, seed: int = 0):
                  n("Transpose", ["yc"], ["y"], perm=[0, 2, 3, 1]), n("Cast", ["k"], ["k_out"], to=7)]
         ins, outs = [_io("x", [1, 8, 8, 3]), _io("k", [1, 4], 6)], [_io("y", [1, 8, 8, 4]), _io("k_out", [1, 4], 7)]
     return _model(helper.make_graph(nodes, "layout_pair", ins, outs, [w]))
+
+
+def scaled_layernorm(d: int = 32, t: int = 16, seed: int = 0):
+    """x[1,t,d] -> MatMul -> Mul by per-token scales 0.01..100 -> LayerNorm written out elementwise -> MatMul -> out.
+
+    Like magika's and many exported transformers' decomposed LayerNorm: static int8 of the elementwise chain
+    (one scale for tokens 1e4 apart) wrecks it, whatever weighted nodes stay float; int8 weighted ops alone pass."""
+    rng = np.random.default_rng(seed)
+    inits = {"W1": _w(rng, d, d), "W2": _w(rng, d, 10), "s": np.logspace(-2, 2, t).astype(np.float32).reshape(1, t, 1),
+             "eps": np.array(1e-5, np.float32),
+             "g": rng.uniform(0.5, 1.5, d).astype(np.float32), "b": _w(rng, d, scale=0.1)}
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W1"], ["h0"], name="mm1"), n("Mul", ["h0", "s"], ["h"], name="scale"),
+             n("ReduceMean", ["h"], ["mu"], axes=[-1], name="mean"), n("Sub", ["h", "mu"], ["c"], name="sub"),
+             n("Mul", ["c", "c"], ["c2"], name="sq"), n("ReduceMean", ["c2"], ["var"], axes=[-1], name="var"),
+             n("Add", ["var", "eps"], ["ve"], name="addeps"), n("Sqrt", ["ve"], ["sd"], name="sqrt"),
+             n("Div", ["c", "sd"], ["z"], name="div"), n("Mul", ["z", "g"], ["zg"], name="gamma"),
+             n("Add", ["zg", "b"], ["y"], name="beta"), n("MatMul", ["y", "W2"], ["out"], name="mm2")]
+    return float_graph("scaled_layernorm", nodes, {"x": [1, t, d]}, {"out": [1, t, 10]},
+                       [numpy_helper.from_array(v, k) for k, v in inits.items()])
+
+
+def scalar_input(seed: int = 0):
+    """x[1,4] and a rank-0 int64 ``sr`` (like silero-vad's sample rate) -> y = (x @ W) * float(sr) / 16000."""
+    w = numpy_helper.from_array(_w(np.random.default_rng(seed), 4, 3), "W")
+    k = numpy_helper.from_array(np.array(1 / 16000, np.float32), "k")
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W"], ["h"]), n("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             n("Mul", ["srf", "k"], ["s"]), n("Mul", ["h", "s"], ["y"])]
+    ins = [_io("x", [1, 4]), _io("sr", [], TensorProto.INT64)]
+    return _model(helper.make_graph(nodes, "scalar_input", ins, [_io("y", [1, 3])], [w, k]))
 
 
 def scalar_input(seed: int = 0):
