@@ -6,7 +6,8 @@ hang into a :class:`ConversionError` naming the work and the signal. The child's
 ``TVM_USE_RUNTIME_LIB`` (a runtime-only TVM in this process does not reach it), it imports the compiler once and
 stays warm for later calls (a cold child costs ~15-35 s here, a warm compile of a small segment ~1 s), and it exits
 when this process closes its pipe or after ``IDLE_EXIT_S`` without work. Its output (TVM's warnings, a crash's
-backtrace) goes to a temporary log file, kept and named in the error when it crashed or hung.
+backtrace) goes to a temporary log file, kept and named in the error when it crashed or hung (with the CLI's
+``--verbose``, to this process's output instead).
 
 Environment:
 
@@ -119,11 +120,14 @@ class _Child:
 
         ours, theirs = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if k != RUNTIME_ONLY_ENV}  # the child needs the compiler
+        from edgekit._quiet import verbose
+
         fd, self.log_path = tempfile.mkstemp(prefix="edgekit-tvm-", suffix=".log")
-        try:  # TVM's warnings and crash backtraces go to a log file, named in crash messages
+        sink = None if verbose() else fd  # TVM's warnings and crash backtraces: a log named in crash messages
+        try:
             self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno()), self.log_path],
                                          pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                                         stdout=fd, stderr=fd)
+                                         stdout=sink, stderr=sink)
         finally:
             theirs.close()
             os.close(fd)
