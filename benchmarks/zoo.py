@@ -40,7 +40,7 @@ RESULTS_MD = ZOO_DIR / "RESULTS.md"
 FORMATS = ("onnx", "tflite", "coreml")
 N_CALIB, N_VALID = 24, 12
 #: seconds after which no new accuracy-aware retry attempt starts (edgekit's default is 120): keeps a zoo run short
-RETRY_BUDGET_S = 45.0
+RETRY_BUDGET_S = 20.0
 
 
 def _load_data_module():
@@ -529,7 +529,8 @@ def run_model(model: ZooModel, split: bool = False) -> dict:
     feeds = feeds_of(valid, _ranks(model, src))
     names, ref = reference(model, src, feeds)
     rec: dict[str, Any] = {"family": model.family, "package": model.package, "kind": model.kind,
-                           "n_calib": len(next(iter(calib.values()))), "n_valid": len(feeds), "cells": {}}
+                           "n_calib": len(next(iter(calib.values()))), "n_valid": len(feeds),
+                           "retry_budget_s": RETRY_BUDGET_S, **_git_state(), "cells": {}}
     if model.kind == "tflite_only":
         return _tflite_only(model, src, names, ref, feeds, rec)
     base_path = src if model.kind == "onnx" else None
@@ -618,8 +619,7 @@ def run_child(name: str, split: bool, timeout_s: int) -> dict:
             rec = {"family": m.family, "package": m.package, "kind": m.kind, "error": err,
                    "cells": {c: {"built": False, "validated": False, **err} for c in cells}}
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
-    rec.update(_git_state(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    return rec
+    return {**_git_state(), **rec, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def load_results() -> dict:
@@ -635,7 +635,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per model")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs=2, metavar=("NAME", "REC_JSON"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.merge:  # a child's record whose parent was stopped
+        rec = json.loads(Path(a.merge[1]).read_text())
+        rec = {**_git_state(), **rec, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        res = load_results()
+        res["models"][a.merge[0]] = rec
+        RESULTS_JSON.write_text(json.dumps(res, indent=1, default=_jsonable) + "\n")
+        RESULTS_MD.write_text(render(res))
+        return 0
     if a.list:
         for m in MODELS:
             print(f"{m.name:24s} {m.kind:11s} {m.package:32s} {m.family}")
@@ -731,13 +740,14 @@ def _how(res: dict) -> list[str]:
     recs = sorted(res["models"].items(), key=lambda kv: kv[1].get("date", ""))
     final = recs[-1][1].get("commit") if recs else None
     older = [n for n, r in recs if r.get("commit") != final]
+    budgets = "/".join(sorted({f"{r.get('retry_budget_s', 45):.0f}" for _, r in recs}))
     return ["## How it was measured", "",
             f"- Latest run on commit `{final}`" + (f"; measured on an earlier commit (not rerun on the final "
                                                    f"code): {', '.join(older)}" if older else "; every model "
                                                    "was measured on it") + ". 'uncommitted' counts other work "
             "present in the shared tree at the time.",
             f"- One `edgekit.convert(source, out, targets=[onnx, tflite, coreml], quantize=[fp32, fp16, int8], "
-            f"calibration=..., validation=..., retry_budget_s={RETRY_BUDGET_S:.0f})` per model, {N_CALIB} "
+            f"calibration=..., validation=..., retry_budget_s={budgets})` per model, {N_CALIB} "
             f"calibration and {N_VALID} validation samples (half for the large-input models) from disjoint "
             "photos, text, audio or files; shapes are left to edgekit (no `input_shapes`).",
             "- x86-64 VM, 2 cores shared with other jobs: latency ratios move by +-20% between runs.",
