@@ -194,3 +194,60 @@ def test_image_folder_layouts_and_grey(tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(InputError, match="cannot read image"):
         calibration.load_calibration(tmp_path, nhwc)
+
+
+def _message(call) -> str:
+    with pytest.raises(InputError) as info:
+        call()
+    return str(info.value)
+
+
+def test_error_messages_in_full(tmp_path):
+    """The whole message, not a fragment of it: what a user reads."""
+    specs = [TensorSpec("a", (1, 4), np.dtype(np.float32))]
+    assert _message(lambda: calibration.check_samples({"b": np.ones(2)}, specs, "w")) == (
+        "w: no array for input 'a'; expected one array per input ['a'], given ['b']")
+    assert _message(lambda: calibration.check_samples({"a": np.ones(4)}, specs, "w")) == (
+        "w: array 'a' has shape (4,); expected [N, ...] with samples of shape [1, 4]")
+    assert _message(lambda: calibration.check_samples({"a": np.ones((2, 5))}, specs, "w")) == (
+        "w: samples of 'a' have shape [1, 5]; the input expects [1, 4]")
+    assert _message(lambda: calibration.check_samples({"a": np.ones((2, 4), bool)}, specs, "w")) == (
+        "w: array 'a' has dtype bool; the input expects float32")
+    two = specs + [TensorSpec("c", (1, 4), np.dtype(np.float32))]
+    assert _message(lambda: calibration.check_samples({"a": np.ones((2, 4)), "c": np.ones((3, 4))}, two, "w")) == (
+        "w: every input needs the same number of samples, got [2, 3]")
+    assert _message(lambda: calibration.check_samples({"a": np.ones((0, 4))}, specs, "w")) == "w: no samples"
+    b2 = [TensorSpec("a", (2, 4), np.dtype(np.float32))]
+    assert _message(lambda: calibration.check_samples({"a": np.ones((3, 4))}, b2, "w")) == (
+        "w: array 'a' has 3 rows; the input takes a batch of 2, so give a multiple of 2 rows (or [N, 2, ...] samples)")
+    assert _message(lambda: Preprocess.parse("layout=CHW")) == (
+        "preprocess spec: bad layout='CHW' (layout must be NCHW or NHWC)")
+    assert _message(lambda: Preprocess.parse("hue=1")) == "preprocess spec: bad hue='1' (unknown key)"
+    assert _message(lambda: Preprocess.parse("mean=1=2")).startswith("preprocess spec: bad mean='1=2' (")
+    missing = tmp_path / "missing.npz"
+    assert _message(lambda: calibration.load_calibration(missing, specs)) == (
+        f"--calibration {missing}: no such file or folder (expected a .npz or a folder of images)")
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert _message(lambda: calibration.load_calibration(tmp_path / "bad.npz", specs)).startswith(
+        f"--calibration {tmp_path / 'bad.npz'}: cannot read as .npz (")
+    np.savez(tmp_path / "named.npz", z=np.ones((2, 1, 4), np.float32))
+    assert _message(lambda: calibration.load_calibration(tmp_path / "named.npz", specs)).startswith(
+        f"{tmp_path / 'named.npz'}: no array for input 'a'")
+
+
+def test_edge_shapes_and_every_image_suffix(tmp_path):
+    """A dynamic rank-1 input takes one value per sample; a 0-sized dim is still checked; every listed image
+    suffix is read; Preprocess is a dataclass (compares by value)."""
+    vec = [TensorSpec("t", ("n",), np.dtype(np.float32))]
+    assert calibration.check_samples({"t": np.ones(5)}, vec, "w")["t"].shape == (5,)
+    zero = [TensorSpec("z", (1, 0), np.dtype(np.float32))]
+    with pytest.raises(InputError, match="the input expects"):
+        calibration.check_samples({"z": np.ones((2, 1, 3))}, zero, "w")
+    assert Preprocess.parse("size=8") == Preprocess(size=(8, 8))
+    suffixes = sorted(calibration.IMAGE_SUFFIXES)
+    assert suffixes == [".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"]
+    for i, suf in enumerate(suffixes):
+        Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(tmp_path / f"{i}{suf}")
+    cal = calibration.load_calibration(tmp_path, IMG, "scale=1")
+    assert cal["image"].shape == (8, 3, 8, 8)
+    np.testing.assert_allclose(cal["image"][:, 0, 0, 0], [10 * i for i in range(8)], atol=3)    # lossy jpeg/webp

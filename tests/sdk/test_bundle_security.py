@@ -229,7 +229,10 @@ def test_variant_record_round_trip_and_defaults():
     assert v.extra == {"board": "rpi4"}
     full = _v(precision="int8", pruning="2:4", validation={"cosine": 0.5}, size=7)
     back = Variant.from_json(full.to_json())
-    assert back == full and full.to_json()["pruning"] == "2:4"
+    assert back == full and full.to_json()["pruning"] == "2:4" and full.extra == {}    # every known key is known
+    bare = Variant("b", "onnx", "fp16", "b.onnx", "0", 1, [], [])
+    assert (bare.validation, bare.files, bare.extra, bare.pruning) == ({}, [], {}, None) and not bare.passed
+    assert bare.to_json()["pruning"] is None and bare.to_json()["files"] == [] and bare.accuracy == 0.0
     assert v.to_json()["board"] == "rpi4" and v.to_json()["precision"] == "fp32"
 
 
@@ -254,9 +257,9 @@ def test_rank_key_orders_passed_accuracy_shapes_precision_pruning_size():
     assert order(_v("lo", validation={"passed": True, "cosine": 0.95}), _v("hi", validation=ok)) == ["hi", "lo"]
     assert order(_v("fix", validation=ok), _v("dyn", validation=ok, shape=("N", 4))) == ["dyn", "fix"]
     assert order(_v("neg", validation=ok, shape=(-1, 4)), _v("fix", validation=ok)) == ["neg", "fix"]
-    assert order(_v("i8", "onnx", "int8", validation=ok), _v("h", "onnx", "fp16", validation=ok),
-                 _v("d", "onnx", "int8-dynamic", validation=ok), _v("f", validation=ok),
-                 _v("x", "onnx", "int4", validation=ok)) == ["f", "h", "d", "i8", "x"]
+    assert order(_v("x", "onnx", "int4", validation=ok), _v("i8", "onnx", "int8", validation=ok),
+                 _v("d", "onnx", "int8-dynamic", validation=ok), _v("h", "onnx", "fp16", validation=ok),
+                 _v("f", validation=ok)) == ["f", "h", "d", "i8", "x"]
     assert order(_v("pr", validation=ok, pruning="0.5"), _v("pl", validation=ok)) == ["pl", "pr"]
     assert order(_v("big", validation=ok, size=9), _v("small", validation=ok, size=3)) == ["small", "big"]
 
