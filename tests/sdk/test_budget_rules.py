@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import InputError
-from edgekit.latency import LatencyModel, SortedWindow, check_budget, tail_key
+from edgekit.latency import Decision, LatencyModel, SortedWindow, check_budget, tail_key
 
 
 def _model(profile: dict[str, tuple[float, float]], **kw) -> LatencyModel:
@@ -54,8 +54,12 @@ def test_sorted_window_matches_numpy_quantiles_across_evictions(q):
         assert w.quantile(q) == pytest.approx(float(np.quantile(live, q)), abs=1e-12)
     w.clear()
     assert len(w) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window size must be >= 1"):
         SortedWindow(0)
+    one = SortedWindow(1)  # the smallest window keeps the latest value
+    for x in (3.0, 1.0):
+        one.add(x)
+    assert len(one) == 1 and one.quantile(0.5) == one.quantile(0.99) == 1.0
 
 
 def test_tail_key_and_argument_checks():
@@ -69,6 +73,9 @@ def test_tail_key_and_argument_checks():
 
 
 def test_check_budget():
+    with pytest.raises(InputError, match="^budget_ms must be"):
+        check_budget(-3)
+    assert Decision("a", 1.0, True).probe is False
     assert check_budget(2) == 2.0 and isinstance(check_budget(2), float) and check_budget(0.25) == 0.25
     for bad in (0, -1.0, float("nan"), float("inf"), True, "5", None):
         with pytest.raises(InputError, match="^deadline must be a .*number of milliseconds > 0"):
