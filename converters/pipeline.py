@@ -142,6 +142,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         thresholds = {"cosine": cosine_threshold, "top1": top1_threshold}
         sources = [("", None, src.path, {})] + [
             _pruned_source(spec, src, work, data, thresholds, accuracy_aware, req.notes) for spec in req.prunings]
+        req.meta["validated_shapes"] = {n: list(d) for n, d in shapes_of_feed(data.feeds[0], src.inputs).items()}
         static = _static_sources(req, src, data, work)
         jobs = [VariantJob(label, spec, path, fmt, prec, info) for (label, spec, path, info) in sources
                 for fmt in req.formats for prec in req.precisions]

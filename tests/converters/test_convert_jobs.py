@@ -96,6 +96,7 @@ def test_dynamic_hw_is_fixed_from_the_validation_data(tmp_path, dyn_onnx, fmt):
     assert list(static_v.inputs[0].shape) == [1, 3, 40, 56] and list(static_v.outputs[0].shape) == [1, 1, 40, 56]
     assert static_v.passed, static_v.validation
     assert b.manifest["static_shapes"] == {"images": [1, 3, 40, 56]}
+    assert b.manifest["validated_shapes"] == {"images": [1, 3, 40, 56]}
     assert "1,3,40,56" in (b.path / "report.md").read_text()
     if fmt == "tflite":      # LiteRT runs it here: the mask matches ONNX Runtime on a new image
         x = _images(1, 40, 56, 7)
