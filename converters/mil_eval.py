@@ -3,7 +3,8 @@
 Core ML ``predict`` needs macOS. Elsewhere this module reloads the package through coremltools' milproto
 loader (which re-runs type inference, so a corrupt or inconsistent package fails here) and walks the program:
 each op's own ``value_inference()`` computes its output from concrete input values; the few ops without one
-(conv, pooling, batch_norm, silu, the ``constexpr_*`` decompression ops) use the small numpy fallbacks below.
+(conv, conv_transpose, pooling, batch_norm, silu, the ``constexpr_*`` decompression ops) use the small numpy
+fallbacks below.
 fp16 programs compute in float16 numpy, so the result tracks the precision of the package. This is a
 *graph check* of the program, not a run on a device: it does not exercise the Core ML runtime or its kernels.
 """
@@ -88,6 +89,42 @@ def _conv(op) -> np.ndarray:
     return y.astype(x.dtype)
 
 
+def _conv_transpose(op) -> np.ndarray:
+    """Transposed conv: every input pixel scatters ``x * w[:, :, k]`` to ``i * stride + k * dilation``; the full
+    result is cropped by ``pad`` (custom/valid) and sized to ``output_shape`` where given."""
+    import itertools
+
+    x, w = op.x.val, op.weight.val
+    n = w.ndim - 2
+    strides = [int(v) for v in op.strides.val] if op.strides is not None else [1] * n
+    dil = [int(v) for v in op.dilations.val] if op.dilations is not None else [1] * n
+    groups = int(op.groups.val) if op.groups is not None else 1
+    pad_type = op.pad_type.val if op.pad_type is not None else "valid"
+    if pad_type not in ("custom", "valid"):
+        raise ConversionError(f"graph check: conv_transpose {op.name!r} with pad_type {pad_type!r}")
+    pads = _pads(op, x.shape[2:], list(w.shape[2:]), strides, dil)
+    acc = np.float32 if x.dtype == np.float16 else x.dtype
+    N, cin = x.shape[:2]
+    cg, og = cin // groups, w.shape[1]
+    full = [(x.shape[2 + i] - 1) * strides[i] + (w.shape[2 + i] - 1) * dil[i] + 1 for i in range(n)]
+    y = np.zeros((N, groups, og, *full), acc)
+    xg = x.astype(acc).reshape((N, groups, cg) + x.shape[2:])
+    wg = w.astype(acc).reshape((groups, cg, og) + w.shape[2:])
+    for k in itertools.product(*(range(d) for d in w.shape[2:])):
+        contrib = np.einsum("ngc...,gco->ngo...", xg, wg[(slice(None),) * 3 + k])
+        sl = tuple(slice(k[i] * dil[i], k[i] * dil[i] + (x.shape[2 + i] - 1) * strides[i] + 1, strides[i])
+                   for i in range(n))
+        y[(slice(None),) * 3 + sl] += contrib
+    y = y.reshape((N, groups * og, *full))
+    want = [int(v) for v in op.output_shape.val][2:] if op.output_shape is not None else \
+        [full[i] - pads[i][0] - pads[i][1] for i in range(n)]
+    y = np.pad(y, [(0, 0), (0, 0)] + [(0, max(0, pads[i][0] + want[i] - full[i])) for i in range(n)])
+    y = y[(slice(None), slice(None)) + tuple(slice(pads[i][0], pads[i][0] + want[i]) for i in range(n))]
+    if op.bias is not None:
+        y = y + op.bias.val.astype(acc).reshape((1, -1) + (1,) * n)
+    return y.astype(x.dtype)
+
+
 def _pool(op, reduce: str) -> np.ndarray:
     x = op.x.val
     kernel = [int(k) for k in op.kernel_sizes.val]
@@ -146,6 +183,7 @@ FALLBACKS: dict[str, Callable] = {
     "reduce_max": _reduce(np.max),
     "reduce_min": _reduce(np.min),
     "conv": _conv,
+    "conv_transpose": _conv_transpose,
     "avg_pool": lambda op: _pool(op, "avg"),
     "max_pool": lambda op: _pool(op, "max"),
     "batch_norm": _batch_norm,

@@ -311,6 +311,47 @@ def _conv(c: _Ctx):
     return mb.conv(x=c.var(0), weight=w, **args)
 
 
+@_op("ConvTranspose")
+def _conv_transpose(c: _Ctx):
+    """ONNX ConvTranspose (weight ``[C_in, C_out/group, *k]``, as MIL's); ``output_padding`` / ``output_shape``
+    become MIL's ``output_shape`` (static spatial dims only)."""
+    rank = len(c.shape(1)) - 2
+    args = _spatial(c, rank)
+    if args["pad_type"] != "custom":
+        raise c.unsupported(f"auto_pad={c.attr('auto_pad')!r} on ConvTranspose")
+    args["dilations"] = list(c.attr("dilations", [1] * rank))
+    args["groups"] = int(c.attr("group", 1))
+    if c.has(2):
+        args["bias"] = c.var(2)
+    extra, given = list(c.attr("output_padding", [0] * rank)), c.attr("output_shape")
+    if any(extra) or given:
+        x_shape, k = c.shape(0), c.shape(1)[2:]
+        if not all(isinstance(d, (int, np.integer)) for d in x_shape[2:]):
+            raise c.unsupported("output_padding/output_shape with dynamic spatial dims; fix the input shapes")
+        out = list(given)[-rank:] if given else [
+            (int(x_shape[2 + i]) - 1) * args["strides"][i] + (int(k[i]) - 1) * args["dilations"][i] + 1
+            - args["pad"][2 * i] - args["pad"][2 * i + 1] + extra[i] for i in range(rank)]
+        cout = int(c.shape(1)[1]) * args["groups"]
+        args["output_shape"] = np.array([int(x_shape[0]) if isinstance(x_shape[0], (int, np.integer)) else 1,
+                                         cout, *out], np.int32)
+    return _mb().conv_transpose(x=c.var(0), weight=c.var(1), **args)
+
+
+@_op("Shape")
+def _shape(c: _Ctx):
+    """A constant when the input's dims are static (so Gather/Concat/Reshape chains fold), else MIL ``shape``."""
+    shape = c.shape(0)
+    start, end = int(c.attr("start", 0)), c.attr("end")
+    if all(isinstance(d, (int, np.integer)) for d in shape):
+        return np.array(shape, np.int32)[start:None if end is None else int(end)]
+    full = _mb().shape(x=c.var(0))
+    if start == 0 and end is None:
+        return full
+    return _mb().slice_by_index(x=full, begin=np.array([start], np.int32),
+                                end=np.array([0 if end is None else int(end)], np.int32),
+                                end_mask=[end is None])
+
+
 def _pool(mil_op: str) -> Handler:
     def fn(c: _Ctx):
         kernel = list(c.attr("kernel_shape"))
