@@ -328,9 +328,10 @@ class _OrtEvaluator:
     """An exporter's graph check, here ONNX Runtime on the source file (outputs by name, as exporters return)."""
 
     def __init__(self, path):
-        self.path = path
+        self.path, self.seen = path, []
 
     def evaluate(self, artifact, feed: dict) -> dict:
+        self.seen.append(artifact)
         return models.ort_reference(self.path, feed)
 
 
@@ -342,10 +343,12 @@ def test_an_artifact_no_backend_runs_here_is_checked_through_its_exporter(tmp_pa
     (package / "Manifest.json").write_text("{}")
     feeds = _feeds(src, n=3)
     ref = V.run_onnx(src_path, feeds)
-    m = V.validate(package, "coreml", feeds, ref, *io_specs(src), exporter=_OrtEvaluator(src_path))
-    assert m["method"] == "graph-check" and m["passed"] and m["max_abs"] == 0.0
-    with pytest.raises(ConversionError, match="model.mlpackage: the exported coreml artifact does not run"):
-        V.validate(package, "coreml", feeds, ref, *io_specs(src))
+    checker = _OrtEvaluator(src_path)
+    m = V.validate(package, "coreml", feeds, ref, *io_specs(src), exporter=checker)
+    assert m["method"] == "graph-check" and m["passed"] and m["max_abs"] == 0.0 and checker.seen == [package] * 3
+    for exporter in (None, object()):                  # no exporter, or one without a graph check
+        with pytest.raises(ConversionError, match="model.mlpackage: the exported coreml artifact does not run"):
+            V.validate(package, "coreml", feeds, ref, *io_specs(src), exporter=exporter)
 
 
 def test_a_classifier_is_a_first_float_output_of_shape_batch_by_classes():
