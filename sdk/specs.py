@@ -151,4 +151,5 @@ def _check_dtype(spec: TensorSpec, value: np.ndarray) -> None:
 
 
 def _fmt(shape: tuple[Dim, ...]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+    dims = ", ".join("?" if d is None else str(d) for d in shape)
+    return f"({dims},)" if len(shape) == 1 else f"({dims})"    # as Python writes the given shape

@@ -129,19 +129,23 @@ def test_spec_random_feeds_by_dtype():
     specs = [TensorSpec("f", (None, 1000), F32), TensorSpec("i", (1000,), np.dtype(np.int32)),
              TensorSpec("b", (1000,), np.dtype(bool)), TensorSpec("h", (1000,), np.dtype(ml_dtypes.bfloat16)),
              TensorSpec("u", (1000,), np.dtype(ml_dtypes.uint4)), TensorSpec("s", (), I64, "sequence"),
-             TensorSpec("o", (2,), F32, "optional")]
+             TensorSpec("o", (2,), F32, "optional"), TensorSpec("e", (1000,), np.dtype(ml_dtypes.float8_e4m3fn))]
     a, b, c = random_feeds(specs), random_feeds(specs), random_feeds(specs, seed=1)
     assert a.keys() == {s.name for s in specs}
     np.testing.assert_array_equal(a["f"], b["f"])                     # seeded
     assert not np.array_equal(a["f"], c["f"])
     assert a["f"].shape == (1, 1000) and a["f"].dtype == F32
     assert 0.9 < a["f"].std() < 1.1 and a["f"].min() < -1 and a["h"].astype(np.float32).min() < -1  # normal
+    assert a["e"].dtype == ml_dtypes.float8_e4m3fn and a["e"].astype(np.float32).min() < -1
     for name, dt in (("i", np.int32), ("b", bool), ("u", ml_dtypes.uint4)):
         assert a[name].dtype == dt and set(np.unique(a[name].astype(int))) == {0, 1}
+        assert 0.4 < a[name].astype(float).mean() < 0.6                  # 0 and 1 equally likely
     assert isinstance(a["s"], list) and len(a["s"]) == 1 and a["s"][0].dtype == I64 and a["s"][0].shape == ()
     assert isinstance(a["o"], np.ndarray) and a["o"].shape == (2,)
     with _raises("cannot make random data for input 'c' of dtype complex64"):
         random_feeds([TensorSpec("c", (1,), np.dtype(np.complex64))])
+    with _raises("cannot make random data for input 'v' of dtype void32"):
+        random_feeds([TensorSpec("v", (1,), np.dtype("V4"))])
 
 
 def test_spec_normalize_feeds_messages():
@@ -150,6 +154,7 @@ def test_spec_normalize_feeds_messages():
     assert normalize_feeds(one, x)["x"] is x
     got = normalize_feeds(one, {"x": [np.float32(1), np.float32(2)]})
     assert type(got["x"]) is np.ndarray and got["x"].dtype == F32
+    np.testing.assert_array_equal(normalize_feeds(one, [np.float32(1), np.float32(2)])["x"], [1, 2])  # bare list
     with _raises("model has 2 inputs (a, b); pass a dict of arrays by name"):
         normalize_feeds(two, np.ones(1, np.float32))
     with _raises("missing input 'x' (expected x: float32[2]); given: nothing"):
@@ -170,6 +175,8 @@ def test_spec_tensor_checks_messages():
         check_value(spec, good[0])
     with _raises("input 'x': dim 1 must be 3, got 4 (expected (?, 3, -1), got (5, 4, 9))"):
         check_value(spec, np.zeros((5, 4, 9), np.float32))
+    with _raises("input 'z': dim 0 must be 0, got 2 (expected (0,), got (2,))"):
+        check_value(TensorSpec("z", (0,), F32), np.zeros(2, np.float32))
     words = TensorSpec("w", (2,), np.dtype(object))
     assert check_value(words, np.array(["a", "b"])).dtype.kind == "U"      # str arrays for a string tensor
     with _raises("input 'x': expected dtype float32, got object"):
