@@ -156,6 +156,16 @@ class BudgetedSession(ThreadLastRun):
         fit = [v for v in self.variants if preds[v] <= self.budget_ms]
         return fit[0] if fit else min(self.variants, key=lambda v: preds[v])
 
+    def warmup(self, runs: int = 2) -> str:
+        """Open the variant the next call will run and run it ``runs`` times (not accounted), so the first call
+        does not pay for loading it; returns its id."""
+        vid = self.variant
+        sess = self._session(vid)
+        feeds = _timing_feeds(sess, self.inputs)
+        for _ in range(runs):
+            sess.run(feeds)
+        return vid
+
     @property
     def backend(self) -> str:
         return self._session(self.variant).backend

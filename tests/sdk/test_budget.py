@@ -239,3 +239,12 @@ def test_accounting_times_the_whole_call_the_caller_waits_for(bundle):
         assert caller[0] > 3 * float(np.median(caller[1:]))  # the first call did open the session
         st = s.stats()
         assert st["variants"]["fp32"]["p50_ms"] <= float(np.median(caller))
+
+
+def test_warmup_opens_the_variant_the_next_call_runs(bundle):
+    prof = {"fp32": {"p50_ms": 0.5, "p95_ms": 0.6}, "pruned": {"p50_ms": 0.05, "p95_ms": 0.06}}
+    with edgekit.load(bundle, budget_ms=1000, profile=prof, **FAST) as s:
+        assert s._sessions == {} and s.warmup() == "fp32" and list(s._sessions) == ["fp32"]
+        assert s.stats()["calls"] == 0  # warm-up runs are not accounted
+        s.run(_x(4))
+        assert s.last_run["variant"] == "fp32"
