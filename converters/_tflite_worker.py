@@ -433,6 +433,8 @@ def _name(value) -> str:
 
 
 def main() -> int:
+    # onnx2tf runs the onnxsim command line of this environment: its bin folder must be on PATH
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     with open(sys.argv[1]) as f:
         job = json.load(f)
     stage("check-ops")

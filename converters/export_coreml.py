@@ -26,6 +26,7 @@ from edgekit.errors import ConversionError, EdgekitError, InputError
 from . import register_exporter
 from .mil_eval import META_KEY
 from .mil_eval import evaluate as graph_check
+from .quantize import detail, step
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
 #: weights with fewer elements stay in float when compressing (coremltools' default is 2048; biases stay small)
@@ -154,6 +155,27 @@ def _int8_source(onnx_path: Path, calibration: dict | None, keep_float: set[str]
     return int8_grid_weights(model, feeds, min_size=threshold, skip=sorted(keep_float))
 
 
+def _check_static(onnx_path: Path, input_shapes: dict | None) -> None:
+    """A clear ConversionError for input dims the MIL program cannot take dynamic (see ``static_shapes``)."""
+    import onnx
+
+    from .export_tflite import check_static_inputs
+
+    with step("Core ML export: reading the ONNX source"):
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    check_static_inputs(model, "Core ML", input_shapes)
+
+
+def _kept_weights(mlmodel, tr, keep_float: set[str], threshold: int) -> set[str]:
+    """MIL weight consts owned by the ONNX nodes in ``keep_float`` (left uncompressed)."""
+    if not keep_float:
+        return set()
+    import coremltools.optimize.coreml as cto
+
+    return {name for name in cto.get_weights_metadata(mlmodel, weight_threshold=threshold)
+            if keep_float & set(tr.weight_owner(name))}
+
+
 def _check_precision(precision: str, compute_units: str | None = None) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"Core ML export: unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -169,13 +191,17 @@ def _convert_program(prog, precision: str, target: str):
     except EdgekitError:
         raise
     except Exception as exc:
-        raise ConversionError(f"Core ML conversion of the MIL program failed: {type(exc).__name__}: {exc}") from exc
+        raise ConversionError(f"Core ML export: conversion of the MIL program (ct.convert) failed: "
+                              f"{type(exc).__name__}: {detail(exc)}") from exc
 
 
 @register_exporter
 class CoreMLExporter:
     """ONNX -> .mlpackage through the ONNX->MIL translator (see onnx_to_mil.SUPPORTED_OPS)."""
 
+    #: inputs need static dims (a leading batch dim may stay dynamic, see export_tflite.check_static_inputs):
+    #: the pipeline gives this exporter a source whose input dims are fixed
+    static_shapes = True
     format = "coreml"
     extra = "coreml"
     suffix = ".mlpackage"
@@ -216,25 +242,23 @@ class CoreMLExporter:
         keep_float = set(keep_float or ())
         source: Any = onnx_path
         tuned = 0
+        _check_static(onnx_path, options.get("input_shapes"))
         if precision in ("int8", "int8-dynamic") and not options.get("palettize"):
-            source, tuned = _int8_source(onnx_path, calibration, keep_float, threshold,
-                                         granularity == "per_channel" and mode == "linear_symmetric",
-                                         bool(options.get("float_stem", True)))
-        tr = onnx_to_mil.translate(source, input_shapes=options.get("input_shapes"))
+            with step("Core ML export: int8 weight rounding (GPTQ on calibration data)"):
+                source, tuned = _int8_source(onnx_path, calibration, keep_float, threshold,
+                                             granularity == "per_channel" and mode == "linear_symmetric",
+                                             bool(options.get("float_stem", True)))
+        with step("Core ML export: ONNX -> MIL translation"):
+            tr = onnx_to_mil.translate(source, input_shapes=options.get("input_shapes"))
         shapes = {v.name: tuple(int(d) if isinstance(d, (int, np.integer)) else None for d in v.shape)
                   for v in tr.program.functions["main"].outputs}
         mlmodel = _convert_program(tr.program, precision, options.get("deployment_target", "iOS16"))
-        mlmodel = _output_shapes(mlmodel, shapes)
-        skip: set[str] = set()
-        if keep_float:
-            import coremltools.optimize.coreml as cto
-
-            for name in cto.get_weights_metadata(mlmodel, weight_threshold=threshold):
-                if keep_float & set(tr.weight_owner(name)):
-                    skip.add(name)
-        mlmodel = _compress(mlmodel, precision, options.get("palettize"), granularity, threshold, mode,
-                            frozenset(skip))
-        narrowed_in, narrowed_out = _narrowed(onnx_path, mlmodel.get_spec(), tr.input_names, tr.output_names)
+        with step(f"Core ML export: {precision} weight compression (coremltools.optimize)"):
+            mlmodel = _output_shapes(mlmodel, shapes)
+            skip = _kept_weights(mlmodel, tr, keep_float, threshold)
+            mlmodel = _compress(mlmodel, precision, options.get("palettize"), granularity, threshold, mode,
+                                frozenset(skip))
+            narrowed_in, narrowed_out = _narrowed(onnx_path, mlmodel.get_spec(), tr.input_names, tr.output_names)
         meta = {"kept_float": sorted(skip), "tuned_weights": tuned,
                 "inputs": tr.input_names, "outputs": tr.output_names,
                 "narrowed_inputs": {**tr.narrowed_inputs, **narrowed_in}, "narrowed_outputs": narrowed_out,

@@ -53,6 +53,29 @@ def _load_onnx(onnx_path: Path):
     return model
 
 
+#: ops whose result depends on a tensor's runtime shape: with any dynamic input dim, converters fold them wrongly
+_SHAPE_OPS = ("Shape", "Size")
+
+
+def check_static_inputs(model, fmt: str, fixed: dict | None = None) -> None:
+    """Raise a ConversionError naming the first input whose dynamic dims ``fmt`` cannot take: every dim after the
+    first (a dynamic H/W or sequence length), and a dynamic first (batch) dim too when the graph computes with
+    shapes (Shape/Size). Inputs named in ``fixed`` (pinned sizes) pass."""
+    fixed = fixed or {}
+    inits = {i.name for i in model.graph.initializer}
+    reads_shapes = any(n.op_type in _SHAPE_OPS for n in model.graph.node)
+    for vi in model.graph.input:
+        if vi.name in inits or vi.name in fixed:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if any(d is None and (i > 0 or reads_shapes) for i, d in enumerate(dims)):
+            shown = ",".join("?" if d is None else str(d) for d in dims)
+            example = ",".join(f"D{i}" if d is None else str(d) for i, d in enumerate(dims))
+            raise ConversionError(f"{fmt} export: input {vi.name!r} has dynamic dims [{shown}], which {fmt} cannot "
+                                  f"convert; give --input-shape {vi.name}={example} with the sizes it runs at "
+                                  f"(input_shapes={{{vi.name!r}: (...)}} in the API)")
+
+
 def _const(model, name: str) -> float | None:
     from onnx import numpy_helper
 
@@ -131,12 +154,28 @@ def fuse_erf_gelu(model) -> int:
     return fused
 
 
+def add_kernel_shapes(model) -> int:
+    """Write the optional ``kernel_shape`` of Conv/ConvTranspose nodes from their constant weights (onnx2tf reads
+    the attribute to lay out the weights: without it a ConvTranspose fails with "axes don't match array")."""
+    from onnx import helper
+
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    added = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in dims and \
+                not any(a.name == "kernel_shape" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("kernel_shape", dims[node.input[1]][2:]))
+            added += 1
+    return added
+
+
 def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     """Write a conversion-ready copy of the source to ``dest``; return facts about it."""
     import onnx
     from onnx import version_converter
 
     model = _load_onnx(onnx_path)
+    check_static_inputs(model, "TFLite")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     has_erf = any(n.op_type == "Erf" for n in model.graph.node)
     fused = 0
@@ -151,6 +190,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
         onnx.checker.check_model(model)
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
+    add_kernel_shapes(model)
     onnx.save(model, str(dest))
     return {
         "input_names": [i.name for i in inputs],
@@ -294,6 +334,9 @@ def _saved_model_dir(prepared_onnx: Path, job: dict) -> Path:
 class TFLiteExporter:
     """ONNX -> TFLite with onnx2tf (tool environment) + TFLiteConverter; validated in LiteRT."""
 
+    #: inputs need static dims (a leading batch dim may stay dynamic, see :func:`check_static_inputs`): the
+    #: pipeline gives this exporter a source whose input dims are fixed
+    static_shapes = True
     format = "tflite"
     extra = "tflite"
     suffix = ".tflite"

@@ -584,14 +584,3 @@ def scalar_input(seed: int = 0):
              n("Mul", ["srf", "k"], ["s"]), n("Mul", ["h", "s"], ["y"])]
     ins = [_io("x", [1, 4]), _io("sr", [], TensorProto.INT64)]
     return _model(helper.make_graph(nodes, "scalar_input", ins, [_io("y", [1, 3])], [w, k]))
-
-
-def scalar_input(seed: int = 0):
-    """x[1,4] and a rank-0 int64 ``sr`` (like silero-vad's sample rate) -> y = (x @ W) * float(sr) / 16000."""
-    w = numpy_helper.from_array(_w(np.random.default_rng(seed), 4, 3), "W")
-    k = numpy_helper.from_array(np.array(1 / 16000, np.float32), "k")
-    n = helper.make_node
-    nodes = [n("MatMul", ["x", "W"], ["h"]), n("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
-             n("Mul", ["srf", "k"], ["s"]), n("Mul", ["h", "s"], ["y"])]
-    ins = [_io("x", [1, 4]), _io("sr", [], TensorProto.INT64)]
-    return _model(helper.make_graph(nodes, "scalar_input", ins, [_io("y", [1, 3])], [w, k]))
