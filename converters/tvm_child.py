@@ -128,6 +128,11 @@ class _Child:
             self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno()), self.log_path],
                                          pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                                          stdout=sink, stderr=sink)
+        except OSError as exc:
+            ours.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
+            raise ConversionError(f"cannot start the TVM compiler process ({sys.executable}): {exc}") from None
         finally:
             theirs.close()
             os.close(fd)
