@@ -135,7 +135,7 @@ def representative(job: dict, signature):
 
     def gen():
         for i in range(n):
-            yield {k: data[src][i:i + 1].astype(spec[k].dtype.as_numpy_dtype) for k, src in mapping.items()}
+            yield {k: data[src][i].astype(spec[k].dtype.as_numpy_dtype) for k, src in mapping.items()}
     return gen
 
 

@@ -313,6 +313,19 @@ def _failure_detail(output: str) -> str:
     return "; ".join(parts) or (clean.strip().splitlines() or ["no output"])[-1][:400]
 
 
+def _save_samples(onnx_path: Path, calibration: dict, dest: Path) -> None:
+    """The calibration data as stacked samples ``[N, *input shape]``, each of the batch the model takes (the
+    worker feeds ``arr[i]``): row-form arrays of a fixed-batch model are split by :func:`calibration.samples`."""
+    import onnx
+
+    from .calibration import samples
+    from .canonical import io_specs
+
+    specs = io_specs(onnx.load(str(onnx_path), load_external_data=False))[0]
+    feeds = samples({s.name: np.asarray(calibration[s.name]) for s in specs}, specs)
+    np.savez(dest, **{s.name: np.stack([f[s.name] for f in feeds]) for s in specs})
+
+
 #: SavedModels written by onnx2tf in this process, by source hash: other precisions of one source reuse them
 _SAVED: dict[str, tempfile.TemporaryDirectory] = {}
 
@@ -383,7 +396,7 @@ class TFLiteExporter:
                 if missing:
                     raise InputError(f"calibration data lacks input(s) {', '.join(missing)}; "
                                      f"given: {', '.join(calibration) or 'none'}")
-                np.savez(work / "calibration.npz", **{n: np.asarray(calibration[n]) for n in facts["input_names"]})
+                _save_samples(work / "model.onnx", calibration, work / "calibration.npz")
                 job["calibration"] = str(work / "calibration.npz")
             job["saved_model"] = str(_saved_model_dir(work / "model.onnx", job))
             (work / "job.json").write_text(json.dumps(job))
