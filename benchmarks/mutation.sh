@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/mutation.sh                      # all five modules below
 #   bash benchmarks/mutation.sh sdk/bundle.py        # one module (or several)
+#   MUTATION_SHARD=1/2 bash benchmarks/mutation.sh sdk/bundle.py   # every 2nd mutant from the 2nd: with 0/2 in
+#                                                    # another shell, the two runs share the work (add the counts)
 #
 # The working tree is never mutated: the package is copied into a private folder laid out as it is installed
 # (edgekit/ = sdk/ + converters/ + runtimes/ + apps/ + boards/), put first on PYTHONPATH (before the editable
@@ -34,6 +36,7 @@ DRIVER="$WORK/driver.py"
 cat > "$DRIVER" <<'PY'
 """Run every mutmut mutant of sys.argv[1] against the test files sys.argv[2:], in this process."""
 import difflib
+import os
 import signal
 import sys
 import time
@@ -79,6 +82,9 @@ assert edgekit.__file__.startswith(str(Path.cwd())), edgekit.__file__   # the co
 if base != 0:
     sys.exit(f"{target}: the tests fail without any mutation (exit {base})")
 ids = mutmut.list_mutations(mutmut.Context(source=original, filename=str(target)))
+shard = os.environ.get("MUTATION_SHARD", "0/1")       # "k/n": every n-th mutant from the k-th (parallel runs)
+k, n = (int(x) for x in shard.split("/"))
+ids = ids[k::n]
 survivors, killed = [], 0
 for mid in ids:
     mutated, _ = mutmut.mutate(mutmut.Context(source=original, filename=str(target), mutation_id=mid))
@@ -93,7 +99,7 @@ for mid in ids:
         survivors.append(f"line {mid.line_number + 1}: " + " => ".join(x.strip() for x in diff))
     else:
         killed += 1
-print(f"\nSCORE {sys.argv[1]}: {killed}/{len(ids)} mutants killed ({100 * killed / max(len(ids), 1):.0f}%), "
+print(f"\nSCORE {sys.argv[1]} (mutants {shard}): {killed}/{len(ids)} mutants killed ({100 * killed / max(len(ids), 1):.0f}%), "
       f"{len(survivors)} survived; baseline {baseline:.1f} s, total {time.time() - t0:.0f} s")
 print("\n".join(f"SURVIVED {s}" for s in survivors))
 PY
