@@ -54,7 +54,7 @@ def test_sorted_window_matches_numpy_quantiles_across_evictions(q):
         assert w.quantile(q) == pytest.approx(float(np.quantile(live, q)), abs=1e-12)
     w.clear()
     assert len(w) == 0
-    with pytest.raises(ValueError, match="window size must be >= 1"):
+    with pytest.raises(ValueError, match="^window size must be >= 1"):
         SortedWindow(0)
     one = SortedWindow(1)  # the smallest window keeps the latest value
     for x in (3.0, 1.0):
@@ -65,11 +65,12 @@ def test_sorted_window_matches_numpy_quantiles_across_evictions(q):
 def test_tail_key_and_argument_checks():
     assert [tail_key(q) for q in (0.5, 0.8, 0.9, 0.95, 0.97, 0.99)] == \
         ["p50_ms", "p90_ms", "p90_ms", "p95_ms", "p95_ms", "p99_ms"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^LatencyModel needs at least one variant$"):
         _model({})
     for q in (0.4, 1.0):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^quantile must be in \[0.5, 1\)"):
             _model({"a": (1, 1)}, quantile=q)
+    assert _model({"a": (1, 1)}, quantile=0.5).quantile == 0.5  # the median is the smallest tail allowed
 
 
 def test_check_budget():
