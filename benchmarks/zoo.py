@@ -468,8 +468,8 @@ def _failure_for(failed: list, fmt: str, prec: str) -> dict | None:
         vid = str(f.get("variant") or f.get("id") or "")
         if vid == f"{fmt}-{prec}" or (not vid and fmt in str(f) and prec in str(f)):
             msg = " ".join(str(f.get("message") or f.get("error") or f).split())[:600]
-            return {"error_class": f.get("error_class") or f.get("class") or "", "error": msg,
-                    "stage": f.get("stage"), "node": f.get("node"), "raw": False}
+            return {"error_class": f.get("error") if f.get("message") else "", "error": msg,
+                    "stage": f.get("stage"), "node": f.get("node"), "raw": bool(f.get("unexpected"))}
     return None
 
 
@@ -608,11 +608,12 @@ def run_child(name: str, split: bool, timeout_s: int) -> dict:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=tmp)
             tail, rc = (proc.stderr or "")[-1500:], proc.returncode
         except subprocess.TimeoutExpired:
-            tail, rc = f"timed out after {timeout_s} s", "timeout"
+            tail, rc = f"not measured: the benchmark's limit of {timeout_s} s per model was reached", "timeout"
         if out.is_file():
             rec = json.loads(out.read_text())
         else:
-            err = {"error_class": "ChildCrash", "error": f"child exit {rc}: {tail[-400:]}", "raw": True}
+            err = ({"error_class": "BenchmarkTimeout", "error": tail, "raw": False} if rc == "timeout" else
+                   {"error_class": "ChildCrash", "error": f"child exit {rc}: {tail[-400:]}", "raw": True})
             m = BY_NAME[name]
             cells = ["tflite-fp32"] if m.kind == "tflite_only" else [f"{f}-{p}" for f in FORMATS for p in
                                                                       _precisions(m)]
