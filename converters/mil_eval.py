@@ -161,6 +161,11 @@ def _batch_norm(op) -> np.ndarray:
     return y.astype(x.dtype)
 
 
+def _upsample_nearest(op) -> np.ndarray:
+    x = op.x.val
+    return np.repeat(np.repeat(x, int(op.scale_factor_height.val), axis=-2), int(op.scale_factor_width.val), axis=-1)
+
+
 def _silu(op) -> np.ndarray:
     x = op.x.val
     return (x / (1 + np.exp(-x))).astype(x.dtype)
@@ -188,6 +193,7 @@ FALLBACKS: dict[str, Callable] = {
     "max_pool": lambda op: _pool(op, "max"),
     "batch_norm": _batch_norm,
     "silu": _silu,
+    "upsample_nearest_neighbor": _upsample_nearest,
 }
 
 

@@ -337,6 +337,28 @@ def _conv_transpose(c: _Ctx):
     return _mb().conv_transpose(x=c.var(0), weight=c.var(1), **args)
 
 
+@_op("Resize")
+def _resize(c: _Ctx):
+    """Nearest-neighbour upsampling by whole factors on H/W (``asymmetric`` + ``floor``, as Paddle2ONNX and
+    torch's ``interpolate(mode="nearest")`` export it): MIL ``upsample_nearest_neighbor``."""
+    mode = c.attr("mode", "nearest")
+    how = (c.attr("coordinate_transformation_mode", "half_pixel"), c.attr("nearest_mode", "round_prefer_floor"))
+    if mode != "nearest" or how != ("asymmetric", "floor"):
+        raise c.unsupported(f"mode={mode!r} with coordinate_transformation_mode/nearest_mode {how}")
+    shape = c.shape(0)
+    scales = c.val(2, "scales") if c.has(2) and np.size(c.val(2, "scales")) else None
+    if scales is None:
+        sizes = c.val(3, "sizes") if c.has(3) else None
+        if sizes is None or not all(isinstance(d, (int, np.integer)) for d in shape):
+            raise c.unsupported("sizes on dynamic input dims (fix the input shapes)")
+        scales = np.asarray(sizes, np.float64) / np.asarray(shape, np.float64)
+    scales = [float(v) for v in scales]
+    if len(scales) != 4 or scales[:2] != [1.0, 1.0] or any(v < 1 or v != int(v) for v in scales[2:]):
+        raise c.unsupported(f"scales {scales} (only whole upsampling factors on H and W)")
+    return _mb().upsample_nearest_neighbor(x=c.var(0), scale_factor_height=int(scales[2]),
+                                           scale_factor_width=int(scales[3]))
+
+
 @_op("Shape")
 def _shape(c: _Ctx):
     """A constant when the input's dims are static (so Gather/Concat/Reshape chains fold), else MIL ``shape``."""

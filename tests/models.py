@@ -584,3 +584,18 @@ def scalar_input(seed: int = 0):
              n("Mul", ["srf", "k"], ["s"]), n("Mul", ["h", "s"], ["y"])]
     ins = [_io("x", [1, 4]), _io("sr", [], TensorProto.INT64)]
     return _model(helper.make_graph(nodes, "scalar_input", ins, [_io("y", [1, 3])], [w, k]))
+
+
+def resize_nearest(seed: int = 0):
+    """x[1,4,5,6] -> Conv 1x1 -> Resize nearest x2 (asymmetric, floor; empty roi, scales [1,1,2,2]: Paddle2ONNX's
+    form) -> y[1,4,10,12]."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    return float_graph("resize_nearest",
+                       [n("Conv", ["x", "w"], ["c"]),
+                        n("Resize", ["c", "roi", "scales"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+                       {"x": [1, 4, 5, 6]}, {"y": [1, 4, 10, 12]},
+                       [numpy_helper.from_array(_w(rng, 4, 4, 1, 1, scale=1.0), "w"),
+                        numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+                        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
