@@ -359,6 +359,19 @@ def _resize(c: _Ctx):
                                            scale_factor_width=int(scales[3]))
 
 
+@_op("Split")
+def _split(c: _Ctx):
+    """Split by sizes (the ``split`` input from opset 13, the attribute before) or into equal parts."""
+    axis = int(c.attr("axis", 0))
+    sizes = c.val(1, "split") if c.opset >= 13 and c.has(1) else c.attr("split")
+    n = len(c.node.output)
+    if sizes is not None and len(sizes):
+        outs = _mb().split(x=c.var(0), split_sizes=np.array([int(v) for v in sizes], np.int32), axis=axis)
+    else:
+        outs = _mb().split(x=c.var(0), num_splits=n, axis=axis)
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
 @_op("Shape")
 def _shape(c: _Ctx):
     """A constant when the input's dims are static (so Gather/Concat/Reshape chains fold), else MIL ``shape``."""

@@ -599,3 +599,13 @@ def resize_nearest(seed: int = 0):
                        [numpy_helper.from_array(_w(rng, 4, 4, 1, 1, scale=1.0), "w"),
                         numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
                         numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+
+
+def split_parts(seed: int = 0):
+    """x[1,6,4] -> Split axis 1 into sizes [2, 4] -> Relu | Sigmoid -> Concat -> y[1,6,4] (Paddle2ONNX heads)."""
+    n = helper.make_node
+    return float_graph("split_parts",
+                       [n("Split", ["x", "sizes"], ["a", "b"], axis=1), n("Relu", ["a"], ["ra"]),
+                        n("Sigmoid", ["b"], ["sb"]), n("Concat", ["ra", "sb"], ["y"], axis=1)],
+                       {"x": [1, 6, 4]}, {"y": [1, 6, 4]},
+                       [numpy_helper.from_array(np.array([2, 4], np.int64), "sizes")])

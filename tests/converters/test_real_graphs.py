@@ -62,6 +62,7 @@ def graphs(tmp_path_factory) -> dict[str, Path]:
         "convt": models.conv_transpose_padded(),
         "two_symbols": models.two_symbols(),
         "resize": models.resize_nearest(),
+        "split": models.split_parts(),
     }
     return {k: models.save(m, d / f"{k}.onnx") for k, m in built.items()}
 
@@ -140,6 +141,7 @@ def test_coreml_dynamic_dims_are_a_clear_error(graphs, tmp_path, name, shape_of)
     ("convt", {"x": _rand((1, 4, 7, 9), 8)}, "fp16", 1e-2),
     ("chain_fixed", {"x": _rand((2, 5, 16), 9)}, "fp32", 1e-5),
     ("resize", {"x": _rand((1, 4, 5, 6), 15)}, "fp32", 1e-5),
+    ("split", {"x": _rand((1, 6, 4), 16)}, "fp32", 1e-6),
 ])
 def test_coreml_convtranspose_and_shape_chains_match_onnxruntime(graphs, tmp_path, name, feed, precision, tol):
     ex = get_exporter("coreml")
