@@ -212,17 +212,17 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
 
     plain = ctx.work / f"plain-{job.vid}"
     _copy(path, plain)
-    elementwise = _elementwise_nodes(src) if job.prec == "int8" else []
-    if elementwise:      # first: only the weighted ops in int8 (a decomposed LayerNorm or one-hot front end in
-        val2 = attempt(elementwise)      # int8 wrecks some models however many weighted nodes stay float)
-        if val2.get("passed"):
-            ctx.notes.append(f"{job.vid}: passes with only its weighted ops in int8 ({len(elementwise)} other nodes "
-                             "kept in float)")
-            return (art if art.exists() else path), dict(val2, kept_float=elementwise, kept_reason="weighted ops only")
     ranked = _ranking(job, ctx, src, path)
     val2, kept = retry(ranked, attempt, time_budget_s=ctx.retry_budget_s, baseline=val, patience=2)
     if val2 and val2.get("passed"):
         return (art if art.exists() else path), dict(val2, kept_float=kept)
+    elementwise = _elementwise_nodes(src) if job.prec == "int8" else []
+    if elementwise:      # then: only the weighted ops in int8 (a decomposed LayerNorm or a one-hot front end in
+        val3 = attempt(elementwise)     # int8 wrecks some models however many weighted nodes stay float)
+        if val3.get("passed"):
+            ctx.notes.append(f"{job.vid}: passes with only its weighted ops in int8 ({len(elementwise)} other nodes "
+                             "kept in float)")
+            return (art if art.exists() else path), dict(val3, kept_float=elementwise, kept_reason="weighted ops only")
     _rm(art)
     _copy(plain, art)
     ctx.notes.append(f"{job.vid}: accuracy-aware retry failed ({len(kept)} nodes kept in float at most); kept the "

@@ -331,7 +331,9 @@ def _pruned_source(spec: PruneSpec, src: Source, work: Path, data: Data, thresho
 
         def score_only(c: str) -> float:
             r = build([x for x in cands if x != c])
-            return r["top1"] if r.get("top1") is not None and r["top1"] < 1.0 else r["cosine"]
+            if r.get("top1") is not None and r["top1"] < 1.0:
+                return r["top1"]
+            return r["cosine"] if r.get("cosine") is not None else 1.0 - (r.get("mean_rel_err") or 0.0)
 
         ranked = rank_by_single(cands, score_only) if len(cands) <= 96 else cands
         m2, kept = retry(ranked, lambda keep: build(keep), max_fraction=0.75, max_tries=8)

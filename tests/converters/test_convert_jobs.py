@@ -168,9 +168,10 @@ def test_int8_composite_calibrates_segments_that_start_inside_the_graph(tmp_path
     assert v.format == "composite" and v.passed, v.validation
 
 
-def test_int8_retry_first_tries_weighted_ops_only(tmp_path, model_dir):
+def test_int8_retry_falls_back_to_weighted_ops_only(tmp_path, model_dir):
     """A decomposed LayerNorm over tokens of very different scales: static int8 of its elementwise chain gives
-    cosine ~0.28 and keeping weighted nodes float cannot help; int8 in the weighted ops alone passes."""
+    cosine ~0.28 and keeping weighted nodes float (the ranked retry) cannot help; int8 in the weighted ops alone,
+    tried when that retry fails, passes."""
     src = models.save(models.scaled_layernorm(), model_dir / "scaled_ln.onnx")
     x = np.random.default_rng(1).standard_normal((40, 1, 16, 32)).astype(np.float32)
     b = edgekit.convert(src, tmp_path / "b", targets="onnx", quantize="int8", calibration={"x": x[:30]},
