@@ -747,6 +747,8 @@ def _how(res: dict) -> list[str]:
                                                    f"code): {', '.join(older)}" if older else "; every model "
                                                    "was measured on it") + ". 'uncommitted' counts other work "
             "present in the shared tree at the time.",
+            "- In the zoo but not measured yet (not counted in M): "
+            + (", ".join(m.name for m in MODELS if m.name not in res["models"]) or "none") + ".",
             f"- One `edgekit.convert(source, out, targets=[onnx, tflite, coreml], quantize=[fp32, fp16, int8], "
             f"calibration=..., validation=..., retry_budget_s={budgets})` per model, {N_CALIB} "
             f"calibration and {N_VALID} validation samples (half for the large-input models) from disjoint "
