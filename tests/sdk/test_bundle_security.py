@@ -322,3 +322,42 @@ def test_a_composite_variant_must_be_its_folder(tmp_path, composite_dir):
     _edit_manifest(b, path=plan.relative_to(b).as_posix(), sha256=sha256_path(plan))
     with pytest.raises(ModelLoadError, match="a composite must be its folder"):
         edgekit.load(b)
+
+
+def test_error_messages_in_full(tmp_path, mlp_onnx):
+    """What a user reads: each refusal names the bundle (or its manifest) first, then the reason, in full."""
+    def message(path, variant=None) -> str:
+        with pytest.raises((ModelLoadError, edgekit.InputError)) as info:
+            edgekit.Bundle(path).load(variant) if variant else edgekit.Bundle(path)
+        return str(info.value)
+
+    (tmp_path / "e").mkdir()
+    assert message(tmp_path / "e") == f"{tmp_path / 'e'}: not a bundle (no manifest.json)"
+    man = tmp_path / "e" / "manifest.json"
+    for text, want in (("[]", "the manifest is not a JSON object"),
+                       ('{"schema_version": 7}', "unsupported schema_version 7 (expected 1)"),
+                       ('{"schema_version": 1, "variants": [{}]}', "malformed variant entry (KeyError('id'))"),
+                       ('{"schema_version": 1, "variants": [{"id": "v", "format": "onnx", "path": "m.onnx", "sha256": '
+                        '"0", "files": [{"path": "m.so"}]}]}', "malformed variant entry (KeyError('sha256'))")):
+        man.write_text(text)
+        assert message(tmp_path / "e") == f"{man}: {want}"
+    man.write_text("{")
+    assert message(tmp_path / "e").startswith(f"{man}: invalid JSON (")
+    b = _bundle(tmp_path, mlp_onnx)
+    rel = _edit_manifest(b)["path"]
+    assert message(b, "nope") == f"no variant 'nope' in {b}; variants: v"
+    (b / rel).unlink()
+    assert message(b, "v") == f"{b}: variant v: {rel} is missing"
+    (b / rel).write_bytes(b"x")
+    assert message(b, "v") == f"{b}: variant v: sha256 of {rel} does not match the manifest"
+    _edit_manifest(b, path="../x.onnx")
+    assert message(b) == f"{b}: manifest path '../x.onnx' leaves the bundle folder"
+
+
+def test_failed_variants_are_listed(tmp_path, mlp_onnx):
+    b = _bundle(tmp_path, mlp_onnx)
+    assert edgekit.Bundle(b).failed == []
+    m = json.loads((b / "manifest.json").read_text())
+    m["failed"] = [{"variant": "onnx-int8", "stage": "export", "error": "ConversionError", "message": "boom"}]
+    (b / "manifest.json").write_text(json.dumps(m))
+    assert edgekit.Bundle(b).failed == m["failed"]
