@@ -479,6 +479,7 @@ def _cell_from_variant(v: Any, src_size: int) -> dict:
             "max_abs": val.get("max_abs"), "decided_by": val.get("decided_by"), "check": val.get("mode")
             or val.get("kind"), "size_ratio": round(v.size / src_size, 3) if src_size else None,
             "variant": v.id, "seconds": v.extra.get("seconds"), "outputs": val.get("outputs"),
+            "composite": v.format == "composite" or "+" in v.id,
             "validation_other": {k: x for k, x in val.items() if k not in _SHOWN and len(repr(x)) < 600}}
 
 
@@ -518,6 +519,11 @@ def _pipeline_convert() -> Callable:
     return convert
 
 
+def _target(v: Any) -> tuple[str, str]:
+    """(format, precision) a variant serves: a composite 'coreml-fp32+tvm' serves the coreml-fp32 cell."""
+    return v.id.split("+")[0].split("-")[0], v.precision
+
+
 def _precisions(model: ZooModel) -> tuple[str, ...]:
     return ("fp32", "fp16", model.int8)
 
@@ -537,7 +543,7 @@ def run_model(model: ZooModel, split: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         bundles, errors, secs = convert_model(model, src, calib, valid, Path(tmp), split)
         rec["convert_s"] = round(secs, 1)
-        variants = {(v.format, v.precision): (b, v) for b in bundles for v in b.variants if not v.pruning}
+        variants = {_target(v): (b, v) for b in bundles for v in b.variants if not v.pruning}
         failed = [f for b in bundles for f in (b.manifest.get("failed") or [])]
         rec["manifest"] = [{k: x for k, x in b.manifest.items() if k not in ("variants", "failed")
                             and len(repr(x)) < 2000} for b in bundles]
@@ -786,7 +792,8 @@ def _table(res: dict) -> list[str]:
     for n, r in res["models"].items():
         for k, c in r["cells"].items():
             lat = "-" if c.get("latency_ms") is None else f"{c['latency_ms']:.2f} ms ({_f(c.get('latency_ratio'), 2)})"
-            out.append(f"| {n} | {k} | {'yes' if c.get('built') else 'no'} | {'yes' if c.get('validated') else 'no'}"
+            kind = f"{k} ({c['variant']})" if c.get("composite") else k
+            out.append(f"| {n} | {kind} | {'yes' if c.get('built') else 'no'} | {'yes' if c.get('validated') else 'no'}"
                        f" | {_f(c.get('cosine'), 4)} | {_f(c.get('top1'))} | {_decided(c.get('decided_by'))} | "
                        f"{_f(c.get('cos_here'), 4)} | {_task(c)} | {_f(c.get('size_ratio'), 2)} | {lat} | "
                        f"{_f(c.get('seconds'), 0)} / {_f(r.get('convert_s'), 0)} |")
