@@ -29,7 +29,7 @@ from edgekit.specs import TensorSpec
 from . import exporters, get_exporter
 from .accuracy import rank_by_single, retry
 from .calibration import load_calibration, n_samples, samples, split, synthetic
-from .canonical import canonicalize, io_specs, load_onnx
+from .canonical import canonicalize, io_specs, load_onnx, opset_of
 from .jobs import (
     Built,
     Failure,
@@ -43,7 +43,7 @@ from .jobs import (
 from .progress import JobProgress
 from .prune import PruneSpec, calibration_grams, candidates, parse_prune
 from .prune import prune as prune_model
-from .quantize import PRECISIONS, check_precision
+from .quantize import PRECISIONS, check_precision, opset_note
 from .shapes import (
     StaticSources,
     check_against_specs,
@@ -138,6 +138,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
         work = Path(work_s)
         src = _load_source(source, example_inputs, opset, simplify, work)
         check_against_specs(req.input_shapes, src.inputs)
+        req.notes += [n for p in req.precisions if (n := opset_note(opset_of(src.canonical), p))]
         data = _load_data(src, req, calibration, validation, preprocess, validation_samples)
         thresholds = {"cosine": cosine_threshold, "top1": top1_threshold}
         sources = [("", None, src.path, {})] + [

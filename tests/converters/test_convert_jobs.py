@@ -184,3 +184,13 @@ def test_int8_retry_falls_back_to_weighted_ops_only(tmp_path, model_dir):
     got = np.stack([b.load("onnx-int8").run({"x": xi[None]})["out"] for xi in xs])
     cos = (want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)
     assert cos > 0.99                       # int8 weighted ops still cost a little accuracy, never this much
+
+
+def test_opset11_source_gets_static_int8_on_an_upgraded_copy(tmp_path, model_dir):
+    """Paddle2ONNX exports are often opset 11: per-channel QDQ needs 13, so int8 is built on an upgraded copy,
+    validated, and the report says so (it was an invalid model that ORT refused: 'Unrecognized attribute: axis')."""
+    src = models.save(models.conv_bn_opset11(), model_dir / "conv_bn11.onnx")
+    cal = {"image": np.random.default_rng(0).standard_normal((12, 1, 3, 16, 16)).astype(np.float32)}
+    b = edgekit.convert(src, tmp_path / "b", targets="onnx", quantize="fp32,int8", calibration=cal, progress=False)
+    assert b.failed == [] and b.variant("onnx-int8").passed
+    assert "upgraded from opset 11 to 13" in (b.path / "report.md").read_text()
