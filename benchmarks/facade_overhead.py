@@ -54,7 +54,7 @@ def build_models(folder: Path) -> dict[str, dict[str, Path]]:
             litert_torch.convert(module, (x,)).export(str(tfl))
             out[name]["tflite"] = tfl
         except ImportError:
-            print("litert-torch not installed: LiteRT rows skipped (pip install 'edgekit[tflite-export]')")
+            print("litert-torch not installed: LiteRT rows skipped (pip install 'edgekit-sdk[tflite-export]')")
     return out
 
 

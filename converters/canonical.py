@@ -85,7 +85,7 @@ def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxslim
     except ImportError:
-        log.info("onnxslim not installed: skipping the simplifier (pip install 'edgekit[convert]')")
+        log.info("onnxslim not installed: skipping the simplifier (pip install 'edgekit-sdk[convert]')")
         return model
     try:
         slim = onnxslim.slim(model)

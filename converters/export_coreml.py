@@ -210,7 +210,7 @@ class CoreMLExporter:
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed; install it with: pip install 'edgekit[coreml]'"
+            return "coremltools is not installed; install it with: pip install 'edgekit-sdk[coreml]'"
         return None
 
     def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,

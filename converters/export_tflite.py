@@ -356,7 +356,7 @@ class TFLiteExporter:
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
-            return "checking TFLite exports needs LiteRT: pip install 'edgekit[tflite]'"
+            return "checking TFLite exports needs LiteRT: pip install 'edgekit-sdk[tflite]'"
         return toolenv.unavailable_reason(toolenv.ONNX2TF)
 
     def export(self, onnx_path: Path, out_path: Path, precision: str, calibration: dict | None = None,
@@ -489,9 +489,9 @@ def export_torch_signatures(module, examples: dict[str, tuple], out_path: Path, 
 def torch_signatures_unavailable_reason() -> str | None:
     """None when :func:`export_torch_signatures` and :func:`dynamic_range_int8` can run (and be checked) here."""
     if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tflite_runtime") is None:
-        return "checking TFLite exports needs LiteRT: pip install 'edgekit[tflite]'"
+        return "checking TFLite exports needs LiteRT: pip install 'edgekit-sdk[tflite]'"
     if importlib.util.find_spec("torch") is None:
-        return "PyTorch -> TFLite needs torch: pip install 'edgekit[torch]'"
+        return "PyTorch -> TFLite needs torch: pip install 'edgekit-sdk[torch]'"
     if importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_quantizer"):
         return None
     return toolenv.unavailable_reason(toolenv.LITERT_TORCH)

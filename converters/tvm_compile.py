@@ -79,7 +79,7 @@ def require_tvm_installed() -> None:
 
     if importlib.util.find_spec("tvm") is None:
         raise MissingExtraError("apache-tvm is needed for compiling TVM kernels but is not installed; install it "
-                                "with: pip install 'edgekit[tvm]'")
+                                "with: pip install 'edgekit-sdk[tvm]'")
 
 
 def require_compiler():

@@ -167,7 +167,7 @@ class CoreMLBackend(Backend):
 
     def _probe(self) -> str | None:
         if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed; install it with: pip install 'edgekit[coreml]'"
+            return "coremltools is not installed; install it with: pip install 'edgekit-sdk[coreml]'"
         if platform.system() != "Darwin":
             return f"Core ML prediction needs macOS (this is {platform.system()}); packages can still be built"
         return None

@@ -42,7 +42,7 @@ def interpreter_class():
             errors.append(f"{mod}: {exc}")
     detail = f" ({'; '.join(errors)})" if errors else ""
     raise BackendUnavailable(
-        f"no TFLite runtime is usable{detail}; install it with: pip install 'edgekit[tflite]'"
+        f"no TFLite runtime is usable{detail}; install it with: pip install 'edgekit-sdk[tflite]'"
     )
 
 

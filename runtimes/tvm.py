@@ -221,7 +221,7 @@ class TvmBackend(Backend):
 
     def _probe(self) -> str | None:
         if importlib.util.find_spec("tvm") is None:
-            return "apache-tvm is not installed; install it with: pip install 'edgekit[tvm]'"
+            return "apache-tvm is not installed; install it with: pip install 'edgekit-sdk[tvm]'"
         return None
 
     def version(self) -> str | None:

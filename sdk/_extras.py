@@ -23,11 +23,11 @@ EXTRA_OF = {
 
 
 def install_hint(extra: str) -> str:
-    return f"pip install 'edgekit[{extra}]'"
+    return f"pip install 'edgekit-sdk[{extra}]'"
 
 
 def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'edgekit[extra]'``."""
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'edgekit-sdk[extra]'``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:

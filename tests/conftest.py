@@ -30,8 +30,8 @@ def cnn_onnx(model_dir) -> Path:
 @pytest.fixture(scope="session")
 def digits_cnn_onnx(model_dir) -> Path:
     """models.cnn trained on scikit-learn's digits (a few seconds, once per session): output depends on input."""
-    pytest.importorskip("torch", reason="training the digits CNN needs torch (edgekit[torch])")
-    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (edgekit[apps])")
+    pytest.importorskip("torch", reason="training the digits CNN needs torch (edgekit-sdk[torch])")
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (edgekit-sdk[apps])")
     return models.save(models.digits_cnn(), model_dir / "digits_cnn.onnx")
 
 

@@ -48,7 +48,7 @@ def make_composite(onnx_path: Path, out: Path) -> str | None:
     import shutil as sh
 
     if importlib.util.find_spec("tvm") is None:
-        return "apache-tvm is not installed on the host (pip install 'edgekit[tvm]')"
+        return "apache-tvm is not installed on the host (pip install 'edgekit-sdk[tvm]')"
     if sh.which("aarch64-linux-gnu-g++") is None:
         return "aarch64-linux-gnu-g++ is not installed (apt-get install g++-aarch64-linux-gnu)"
     from edgekit.converters.composite import build_composite

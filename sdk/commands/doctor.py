@@ -17,14 +17,14 @@ from ._common import print_json, table
 
 #: optional Python modules edgekit uses: (module, extra or pip name, what for)
 OPTIONAL = (
-    ("ai_edge_litert", "edgekit[tflite]", "run .tflite models (LiteRT)"),
-    ("tvm", "edgekit[tvm]", "compile and run TVM kernels"),
-    ("coremltools", "edgekit[coreml]", "build Core ML packages (prediction needs macOS)"),
-    ("torch", "edgekit[torch]", "convert PyTorch models"),
-    ("onnxslim", "edgekit[convert]", "slim ONNX graphs before export"),
-    ("tokenizers", "edgekit[apps]", "text apps (tokenizer)"),
-    ("sklearn", "edgekit[apps]", "app metrics"),
-    ("matplotlib", "edgekit[plot]", "plots in reports"),
+    ("ai_edge_litert", "edgekit-sdk[tflite]", "run .tflite models (LiteRT)"),
+    ("tvm", "edgekit-sdk[tvm]", "compile and run TVM kernels"),
+    ("coremltools", "edgekit-sdk[coreml]", "build Core ML packages (prediction needs macOS)"),
+    ("torch", "edgekit-sdk[torch]", "convert PyTorch models"),
+    ("onnxslim", "edgekit-sdk[convert]", "slim ONNX graphs before export"),
+    ("tokenizers", "edgekit-sdk[apps]", "text apps (tokenizer)"),
+    ("sklearn", "edgekit-sdk[apps]", "app metrics"),
+    ("matplotlib", "edgekit-sdk[plot]", "plots in reports"),
     ("picamera2", "picamera2 (apt install python3-picamera2 on Raspberry Pi OS)", "Pi app: Raspberry Pi camera"),
     ("cv2", "opencv-python-headless", "Pi app: USB camera through OpenCV"),
 )
@@ -52,7 +52,7 @@ def check_import(module: str, timeout: float = 300) -> str | None:
 
 
 def _hint(pkg: str) -> str:
-    return f"pip install '{pkg}'" if pkg.startswith("edgekit[") or " " not in pkg else pkg
+    return f"pip install '{pkg}'" if pkg.startswith("edgekit-sdk[") or " " not in pkg else pkg
 
 
 def delegates(available: set[str]) -> list[dict]:
@@ -67,8 +67,9 @@ def delegates(available: set[str]) -> list[dict]:
         rows.append({"delegate": "xnnpack", "runtime": "litert", "usable": True,
                      "note": "LiteRT's default CPU delegate"})
     mac = platform.system() == "Darwin"
+    note = "" if "coreml" in available else ("pip install 'edgekit-sdk[coreml]'" if mac else "needs macOS")
     rows.append({"delegate": "coreml (CPU/GPU/Neural Engine)", "runtime": "coreml", "usable": "coreml" in available,
-                 "note": "" if "coreml" in available else ("pip install 'edgekit[coreml]'" if mac else "needs macOS")})
+                 "note": note})
     return rows
 
 

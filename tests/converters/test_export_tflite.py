@@ -20,7 +20,7 @@ from edgekit.errors import ConversionError, InputError, OutputExistsError, Unsup
 import models
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT (edgekit[tflite]) is not installed"
+    importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT (edgekit-sdk[tflite]) is not installed"
 )
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")

@@ -334,7 +334,7 @@ def test_all_available_formats(tmp_path, digits_cnn_onnx):
 
     usable = [f for f, e in exporters().items() if e.unavailable_reason() is None]
     if usable == ["onnx"]:
-        pytest.skip("no TFLite or Core ML exporter usable here (pip install 'edgekit[tflite,coreml]')")
+        pytest.skip("no TFLite or Core ML exporter usable here (pip install 'edgekit-sdk[tflite,coreml]')")
     b = edgekit.convert(digits_cnn_onnx, tmp_path / "all", quantize=("fp32", "int8"),
                         calibration={"image": CAL_DIGITS}, progress=False)
     fmts = {v.format for v in b.variants}

@@ -124,7 +124,7 @@ def test_calibration_rows_are_split_into_the_models_batch(tmp_path):
 
 # -- Core ML -------------------------------------------------------------------------------------------------
 
-needs_coreml = pytest.mark.skipif(not HAS_COREML, reason="coremltools (edgekit[coreml]) is not installed")
+needs_coreml = pytest.mark.skipif(not HAS_COREML, reason="coremltools (edgekit-sdk[coreml]) is not installed")
 
 
 @needs_coreml
@@ -175,7 +175,7 @@ def test_coreml_int8_calibrates_on_rows_of_a_fixed_batch(graphs, tmp_path):
 @pytest.fixture(scope="module")
 def onnx2tf_env() -> Path:
     if not HAS_LITERT:
-        pytest.skip("LiteRT (edgekit[tflite]) is not installed")
+        pytest.skip("LiteRT (edgekit-sdk[tflite]) is not installed")
     reason = toolenv.unavailable_reason(toolenv.ONNX2TF)
     if reason:
         pytest.skip(reason)

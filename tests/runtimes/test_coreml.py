@@ -20,7 +20,7 @@ from edgekit.errors import BackendUnavailable, InputError, ModelLoadError
 
 import models
 
-ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgekit[coreml]')")
+ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgekit-sdk[coreml]')")
 
 from edgekit.converters import get_exporter, mil_eval  # noqa: E402
 from edgekit.runtimes import get as get_backend  # noqa: E402

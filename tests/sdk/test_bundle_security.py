@@ -167,7 +167,7 @@ def test_missing_artifact_is_refused(tmp_path, mlp_onnx):
 @pytest.fixture(scope="module")
 def composite_dir(tmp_path_factory):
     """A composite folder (ONNX Runtime segments + a host TVM kernel for Relu) of a batch-2 MLP."""
-    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit[tvm]')")
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit-sdk[tvm]')")
     from conftest import reuse_dir
 
     from edgekit.converters.composite import build_composite

@@ -11,7 +11,7 @@ import pytest
 
 import models
 
-pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit[tvm]')")
+pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit-sdk[tvm]')")
 
 CROSS_CC = "aarch64-linux-gnu-g++"
 
@@ -62,7 +62,7 @@ def coreml_cumsum_composite(tvm_models, tmp_path_factory) -> Path:
     """CumSum model for Core ML: CumSum (not in the translator's table) becomes TVM kernels, host + Apple."""
     from edgekit.converters import get_exporter
 
-    pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgekit[coreml]')")
+    pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgekit-sdk[coreml]')")
     try:
         exporter = get_exporter("coreml")
     except Exception as exc:  # the Core ML exporter is not registered in this checkout
