@@ -338,7 +338,8 @@ def _annotate(built: Built, job: VariantJob, ctx: JobContext) -> None:
     """Pruning info and the float image stem the recipe kept, into the validation record."""
     val = built.validation
     if job.prune_info:
-        val.update({k: v for k, v in job.prune_info.items() if k.startswith("kept") or k in ("params", "refit")})
+        val.update({k: v for k, v in job.prune_info.items()
+                    if k.startswith("kept") or k in ("params", "refit", "pruned_nothing")})
     opts = ctx.exporter_options.get(job.fmt, {})
     if (built.fmt, job.prec) in STEM_FLOAT and opts.get("float_stem", True) and not opts.get("palettize") \
             and "exported_from" not in val:

@@ -341,8 +341,12 @@ def _pruned_source(spec: PruneSpec, src: Source, work: Path, data: Data, thresho
         if not m2.get("passed"):
             notes.append(f"prune {spec}: below threshold even with {len(kept)} of {len(cands)} layers left "
                          "unpruned (fine-tune after pruning to recover accuracy)")
-        build(kept)      # leave the last tried model in place
+        m = build(kept)      # leave the last tried model in place
         info = {"params": m2["params"], "kept_unpruned": kept, "refit": m2["refit"]}
+        if not m["layers"]:
+            info["pruned_nothing"] = True
+            notes.append(f"prune {spec}: every prunable layer was left unpruned to meet the threshold: the "
+                         f"{spec.label} variants are the unpruned model")
     return spec.label, spec, path, info
 
 
