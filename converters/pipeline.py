@@ -208,7 +208,10 @@ def _pick_targets(targets) -> tuple[list[str], list[str]]:
         for fmt in DEFAULT_TARGETS:
             exp = known.get(fmt)
             why = "no exporter module in this installation" if exp is None else exp.unavailable_reason()
-            (skipped.append(f"{fmt}: {why}") if why else use.append(fmt))
+            if why:
+                skipped.append(f"{fmt}: {why}")
+            else:
+                use.append(fmt)
         return use, skipped
     use = _as_list(targets, "targets")
     for fmt in use:
