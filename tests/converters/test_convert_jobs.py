@@ -194,3 +194,13 @@ def test_opset11_source_gets_static_int8_on_an_upgraded_copy(tmp_path, model_dir
     b = edgekit.convert(src, tmp_path / "b", targets="onnx", quantize="fp32,int8", calibration=cal, progress=False)
     assert b.failed == [] and b.variant("onnx-int8").passed
     assert "upgraded from opset 11 to 13" in (b.path / "report.md").read_text()
+
+
+def test_a_pruning_the_retry_undid_entirely_is_flagged(tmp_path, mlp_onnx):
+    """At a cosine no pruning reaches, the retry leaves every prunable layer dense: the variant is the unpruned
+    model and the manifest and report say so (it passed as 'sparse90' with no sparsity before)."""
+    b = edgekit.convert(mlp_onnx, tmp_path / "b", targets="onnx", quantize="fp32", prune=0.9,
+                        cosine_threshold=0.9999999, progress=False)
+    v = b.variant("onnx-fp32-sparse90")
+    assert v.validation.get("pruned_nothing") is True
+    assert "variants are the unpruned model" in (b.path / "report.md").read_text()
