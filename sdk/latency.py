@@ -131,8 +131,9 @@ class LatencyModel:
                           for v in self.order}
         self._base_excess = min(self.base_tail[v] - self.base_p50[v] for v in self.order)
         self.windows = {v: LatencyWindow(window) for v in self.order}
-        self.log_corr = dict.fromkeys(self.order, 0.0)
-        self._corr = dict.fromkeys(self.order, 1.0)
+        # per variant: its log correction as learned, and the call index it was learned at; it fades by ``_fade``
+        # per call since, applied when read (no call touches the corrections of variants it did not run)
+        self._learned: dict[str, tuple[float, int]] = dict.fromkeys(self.order, (0.0, 0))
         self._corr_load = dict.fromkeys(self.order, 1.0)  # the load factor each correction was learned at
         self.horizon, self.min_samples, self.margin, self.learn_rate = horizon, min_samples, margin, learn_rate
         self.hysteresis = hysteresis
@@ -155,13 +156,25 @@ class LatencyModel:
             return 1.0
         return min(max(self._ratios.quantile(0.5), 0.05), 1e4)
 
+    def _log_corr(self, vid: str) -> float:
+        """The log correction of ``vid`` now: as learned, faded back towards 0 by ``_fade`` per call since."""
+        value, at = self._learned[vid]
+        return value * self._fade ** (self.calls - at) if value else 0.0
+
+    @property
+    def log_corr(self) -> dict[str, float]:
+        """Per variant, its log correction now (a read-only copy)."""
+        return {v: self._log_corr(v) for v in self.order}
+
     def correction(self, vid: str, load: float | None = None) -> float:
         """How much slower ``vid`` runs than the load factor alone predicts (learned from its trials).
 
         A slowdown learned at one load factor is not counted twice: as far as the load factor has risen since,
         it already explains the slowdown (a probe that met a heavier input first, before the variant in use did).
         """
-        corr = self._corr[vid]
+        if not self._learned[vid][0]:
+            return 1.0
+        corr = math.exp(self._log_corr(vid))
         if corr <= 1.0:
             return corr
         load = self.load_factor() if load is None else load
@@ -296,18 +309,15 @@ class LatencyModel:
             load = self.load_factor()
             seen = math.log(max(latency_ms, 1e-6) / (self.base_p50[vid] * load))
             # slower than thought: believe it at once (a miss is expensive); faster: move halfway
-            rate = 1.0 if seen > self.log_corr[vid] else self.learn_rate
-            self.log_corr[vid] += rate * (seen - self.log_corr[vid])
-            self._corr[vid] = math.exp(self.log_corr[vid])
+            now = self._log_corr(vid)
+            rate = 1.0 if seen > now else self.learn_rate
+            self._learned[vid] = (now + rate * (seen - now), self.calls)
             self._corr_load[vid] = load
-        fade = self._fade
-        for v, lc in self.log_corr.items():  # corrections fade back towards 1 unless renewed (over a few horizons)
-            if lc:
-                self.log_corr[v] = lc * fade
-                self._corr[v] = math.exp(lc * fade)
         self.windows[vid].record(self.calls, latency_ms)
-        self._ratios.add(latency_ms / (self.base_p50[vid] * self.correction(vid)))
+        # counting the call first fades every correction by one step (they fade back towards 1 unless renewed,
+        # over a few horizons), so this call's ratio uses its variant's correction after the fade
         self.calls += 1
+        self._ratios.add(latency_ms / (self.base_p50[vid] * self.correction(vid)))
         if not probe:
             self._since_switch += 1
             self._miss_streak = self._miss_streak + 1 if latency_ms > budget_ms else 0
