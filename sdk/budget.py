@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -28,6 +28,28 @@ if TYPE_CHECKING:  # bundle.py opens budgeted sessions: importing it here would 
 
 #: per-variant latencies kept for ``stats()`` percentiles, and run records kept in ``history``
 _KEEP = 100_000
+
+
+class RunRecord(NamedTuple):
+    """One call as ``last_run`` reports it (stored as this tuple on every call; a dict once read)."""
+
+    variant: str
+    latency_ms: float
+    budget_ms: float
+    deadline_met: bool
+    predicted_ms: float
+    probe: bool
+
+
+class _Account:
+    """One variant's accounting for ``stats()``: calls, misses and its latest latencies (ms)."""
+
+    __slots__ = ("calls", "misses", "lat")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.misses = 0
+        self.lat: deque[float] = deque(maxlen=_KEEP)
 
 
 class BudgetedSession(ThreadLastRun):
@@ -78,14 +100,12 @@ class BudgetedSession(ThreadLastRun):
         self.model = LatencyModel(ids, self.profile, quantile=quantile, window=window, margin=margin,
                                   dwell=dwell, probe_every=probe_every, horizon=horizon)
         self.accuracy = {v.id: v.accuracy for v in self.candidates}
-        self._lat: dict[str, deque] = {v: deque(maxlen=_KEEP) for v in ids}
-        self._calls = dict.fromkeys(ids, 0)
-        self._misses = dict.fromkeys(ids, 0)
+        self._accounts = {v: _Account() for v in ids}
         self.refused = 0
         #: one record per run: (seconds since the session opened, variant, latency_ms, budget_ms, probe)
         self.history: deque[tuple[float, str, float, float, bool]] = deque(maxlen=_KEEP)
         self._t0 = time.perf_counter()
-        self.last_run: dict | None = None
+        self._tls = threading.local()  # last_run per thread (see ThreadLastRun), set directly on each call
 
     # -- set-up -----------------------------------------------------------------------------------
     @staticmethod
@@ -185,47 +205,53 @@ class BudgetedSession(ThreadLastRun):
         t0 = time.perf_counter()
         budget = self.budget_ms if budget_ms is None else check_budget(budget_ms)
         checked = normalize_feeds(self.inputs, feeds)
+        model = self.model
         with self._lock:
-            decision = self.model.choose(budget)
-            if not decision.fits and self.strict:
-                self.refused += 1
-                preds = self.model.predictions()
-                raise DeadlineError(
-                    f"no variant of {self.bundle.path.name} is predicted to meet {budget:.3f} ms (predicted "
-                    + ", ".join(f"{v} {p:.3f} ms" for v, p in preds.items()) + ")")
-        vid = decision.variant
+            decision = model.choose(budget)
+            if self.strict and not decision.fits:
+                self._refuse(budget)
+        vid, probe = decision.variant, decision.probe
         if outputs is None:
             result = (self._direct.get(vid) or self._direct_run(vid))(checked, None)
         else:
             result = self._session(vid).run(checked, outputs)
         with self._lock:
             latency = (time.perf_counter() - t0) * 1e3
+            model.observe(vid, latency, budget, probe)
+            account = self._accounts[vid]
+            account.lat.append(latency)
+            account.calls += 1
             met = latency <= budget
-            self.model.observe(vid, latency, budget, probe=decision.probe)
-            self._lat[vid].append(latency)
-            self._calls[vid] += 1
             if not met:
-                self._misses[vid] += 1
-            self.history.append((t0 - self._t0, vid, latency, budget, decision.probe))
-        self.last_run = {"variant": vid, "latency_ms": latency, "budget_ms": budget, "deadline_met": met,
-                         "predicted_ms": decision.predicted_ms, "probe": decision.probe}
+                account.misses += 1
+            self.history.append((t0 - self._t0, vid, latency, budget, probe))
+        self._tls.record = RunRecord(vid, latency, budget, met, decision.predicted_ms, probe)
         return result
+
+    def _refuse(self, budget: float) -> NoReturn:
+        """Count a call refused in strict mode and raise :class:`DeadlineError` (the caller holds the lock)."""
+        self.refused += 1
+        preds = self.model.predictions()
+        raise DeadlineError(
+            f"no variant of {self.bundle.path.name} is predicted to meet {budget:.3f} ms (predicted "
+            + ", ".join(f"{v} {p:.3f} ms" for v, p in preds.items()) + ")")
 
     def stats(self) -> dict:
         """Per variant: calls, misses, p50/p95/p99; totals, switches, probes and the variant mix."""
         with self._lock:
             per = {}
-            total = sum(self._calls.values())
+            accts = self._accounts
+            total = sum(a.calls for a in accts.values())
             for v in self.variants:
-                row = {"calls": self._calls[v], "misses": self._misses[v], "accuracy": self.accuracy[v],
-                       "share": self._calls[v] / total if total else 0.0,
+                row = {"calls": accts[v].calls, "misses": accts[v].misses, "accuracy": self.accuracy[v],
+                       "share": accts[v].calls / total if total else 0.0,
                        "predicted_ms": self.model.predict(v), "profile_p50_ms": self.profile[v].get("p50_ms")}
-                if self._lat[v]:
-                    p = percentiles(np.fromiter(self._lat[v], float))
+                if accts[v].lat:
+                    p = percentiles(np.fromiter(accts[v].lat, float))
                     row.update({k: p[k] for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")})
                 per[v] = row
-            misses = sum(self._misses.values())
-            mean_acc = (sum(self._calls[v] * self.accuracy[v] for v in self.variants) / total) if total else None
+            misses = sum(a.misses for a in accts.values())
+            mean_acc = (sum(accts[v].calls * self.accuracy[v] for v in self.variants) / total) if total else None
             return {"budget_ms": self.budget_ms, "calls": total, "misses": misses,
                     "within_budget": (total - misses) / total if total else None, "mean_accuracy": mean_acc,
                     "switches": self.model.switches, "probes": self.model.probes, "refused": self.refused,

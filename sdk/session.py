@@ -15,7 +15,10 @@ from .specs import TensorSpec, normalize_feeds
 
 
 class ThreadLastRun:
-    """``last_run`` per thread: a session shared between threads reports to each the record of its own last call."""
+    """``last_run`` per thread: a session shared between threads reports to each the record of its own last call.
+
+    A subclass on a hot path may store a named tuple in ``_thread_local().record``: it becomes a dict when read.
+    """
 
     def _thread_local(self) -> threading.local:
         tls = self.__dict__.get("_tls")
@@ -25,7 +28,11 @@ class ThreadLastRun:
 
     @property
     def last_run(self) -> dict | None:
-        return getattr(self._thread_local(), "record", None)
+        tls = self._thread_local()
+        rec = getattr(tls, "record", None)
+        if rec is not None and type(rec) is not dict:  # a compact record (a named tuple): a dict once first read
+            rec = tls.record = rec._asdict()
+        return rec
 
     @last_run.setter
     def last_run(self, value: dict | None) -> None:
