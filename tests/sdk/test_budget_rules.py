@@ -232,6 +232,18 @@ def test_a_probe_teaches_the_variant_its_correction():
     assert m.log_corr["fast"] == pytest.approx(0.5 * np.log(3.0), rel=0.02)
 
 
+def test_a_correction_fades_by_one_step_per_call_whichever_variant_runs():
+    """Corrections fade back towards 1 by ``1 - 1/(2 horizon)`` per call, also while other variants run."""
+    m = _model({"acc": (4.0, 4.0), "fast": (1.0, 1.0)}, probe_every=10, horizon=50)
+    _drive(m, 5.0, lambda i, v: 4.0 if v == "acc" else 3.0, 11)  # call 10 probes fast: 3x slower than thought
+    learned = m.log_corr["fast"]
+    for _ in range(7):
+        m.observe("acc", 4.0, 5.0)
+    faded = learned * (1 - 1 / 100) ** 7
+    assert m.log_corr["fast"] == pytest.approx(faded, rel=1e-12) and m.log_corr["acc"] == 0.0
+    assert m.correction("fast") == pytest.approx(np.exp(faded), rel=1e-12) and m.correction("acc") == 1.0
+
+
 def test_a_probe_that_met_a_heavier_input_first_is_not_counted_twice():
     """The input becomes 100x heavier on call 20, which happens to be a probe of fast: fast learns a 100x correction
     at load 1. When acc then shows the device-wide factor of 100, fast's slowdown is explained by it, not 100 x 100."""
