@@ -66,6 +66,10 @@ class Thresholds:
 
 _AT_LEAST = ("cosine", "top1", "pixel_agreement", "mask_iou", "det_class", "box_iou", "sequence")
 _AT_MOST = ("rel_err", "mean_rel_err", "mismatch")
+#: tasks whose output's worst element is not judged (``rel_err`` is still reported): in a map, a few pixels at a
+#: region's edge may flip while the regions themselves agree (PP-OCRv4's text map at int8: max error 0.99 on one
+#: pixel, mask IoU 0.976, mean error 0.0024); the task metric, cosine and mean error judge the map
+_MAX_NOT_JUDGED = frozenset({"text-map", "segmentation"})
 
 
 def run_onnx(path: Path, feeds: Sequence[dict]) -> Outputs:
@@ -379,7 +383,9 @@ def _slack(metric: str, value: float, limit: float) -> float:
 def _verdict(fig: dict, th: Thresholds) -> dict:
     """``fig`` with ``passed``, ``failed`` (metrics below their threshold) and ``decided_by`` (its worst metric)."""
     limits = asdict(th)
-    checks = [(_slack(k, fig[k], limits[k]), k) for k in _AT_LEAST + _AT_MOST if fig.get(k) is not None]
+    skip = {"rel_err"} if fig.get("task") in _MAX_NOT_JUDGED else set()
+    checks = [(_slack(k, fig[k], limits[k]), k) for k in _AT_LEAST + _AT_MOST
+              if fig.get(k) is not None and k not in skip]
     fig = dict(fig)
     fig["failed"] = [k for s, k in checks if s < 0]
     fig["passed"] = not fig["failed"]

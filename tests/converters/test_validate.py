@@ -105,6 +105,28 @@ def test_a_broken_text_map_fails_on_its_masks(tmp_path):
     assert m["outputs"]["map"]["mask_iou"] < 0.9
 
 
+def test_a_map_with_one_flipped_edge_pixel_passes_but_a_flipped_region_fails():
+    """Item 6 again: a text map whose regions agree is right although one pixel at a region's edge flipped (the max
+    error is not judged for maps); a whole region flipped still fails on its masks and its mean error."""
+    rng = np.random.default_rng(0)
+    ref, outs = [], [TensorSpec("map", (1, 1, 32, 32), np.dtype(np.float32))]
+    for _ in range(6):
+        m = (rng.random((1, 1, 32, 32)) * 0.02).astype(np.float32)
+        m[..., 8:20, 4:28] = 0.95
+        ref.append([m])
+    edge = [[r[0].copy()] for r in ref]
+    edge[0][0][0, 0, 8, 4] = 0.0                      # one edge pixel: error 0.95 of the range
+    good = V.compare(ref, edge, outs)
+    fig = good["outputs"]["map"]
+    assert fig["task"] == "text-map" and fig["rel_err"] > 0.9 and fig["mask_iou"] > 0.99
+    assert good["passed"] and "rel_err" not in fig["failed"]
+    region = [[r[0].copy()] for r in ref]
+    for r in region:
+        r[0][..., 8:20, 4:16] = 0.0                   # half of every text region gone
+    bad = V.compare(ref, region, outs)
+    assert not bad["passed"] and {"mask_iou", "mean_rel_err"} <= set(bad["outputs"]["map"]["failed"])
+
+
 @pytest.mark.parametrize("bug", ["zero", "negate", "swap"])
 def test_a_classifier_with_a_broken_second_output_fails(tmp_path, bug):
     """Issue 14's planted bug: [1, 1000] + [1, 2], the second zeroed, negated or swapped."""
