@@ -9,6 +9,7 @@ job would meet it too. Where the ONNX route lacks an op, a job falls back to the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import shutil
@@ -156,7 +157,8 @@ def run_job(job: VariantJob, ctx: JobContext) -> Built | Failure:
         log.info("%s failed: %s", job.vid, exc, exc_info=True)
         return Failure.of(job.vid, exc)
     built.seconds = round(time.perf_counter() - t0, 2)
-    built.precision, built.pruning = job.prec, (str(job.spec) if job.spec else None)
+    built.precision = built.validation.pop("precision", job.prec)
+    built.pruning = str(job.spec) if job.spec else None
     _annotate(built, job, ctx)
     return built
 
@@ -223,12 +225,44 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
             ctx.notes.append(f"{job.vid}: passes with only its weighted ops in int8 ({len(elementwise)} other nodes "
                              "kept in float)")
             return (art if art.exists() else path), dict(val3, kept_float=elementwise, kept_reason="weighted ops only")
+    if job.prec == "int8":
+        dyn = _dynamic_instead(job, ctx, exp, src, art, val)
+        if dyn is not None:
+            return dyn
     _rm(art)
     _copy(plain, art)
     ctx.notes.append(f"{job.vid}: accuracy-aware retry failed ({len(kept)} nodes kept in float at most); kept the "
                      "plain variant")
     return art, dict(val, retry_failed=f"below threshold even with {len(kept)} nodes kept in float; the plain "
                                        "variant is kept")
+
+
+def _dynamic_instead(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path,
+                     val: dict) -> tuple[Path, dict] | None:
+    """The last resort of a static int8 variant that misses its thresholds: the format's dynamic int8 (int8
+    weights, activations quantized at run time or kept float), recorded as precision ``int8-dynamic``; None when
+    that misses too (or fails to build)."""
+    try:
+        val2 = ctx.check(_export(dataclasses.replace(job, prec="int8-dynamic"), ctx, exp, src, art, []), job.fmt, exp)
+    except EdgekitError as exc:
+        log.info("%s: dynamic int8 instead failed: %s", job.vid, exc)
+        return None
+    if not val2.get("passed"):
+        return None
+    static = _figure(val)
+    ctx.notes.append(f"{job.vid}: static int8 missed its thresholds ({static}) even with nodes kept in float; "
+                     "dynamic int8 (int8 weights, activations quantized at run time) passes and is kept, "
+                     "recorded as precision int8-dynamic")
+    return art, dict(val2, precision="int8-dynamic", static_int8=static)
+
+
+def _figure(val: dict) -> str:
+    """``output: metric value (bar threshold)`` of a validation record's deciding figure."""
+    d = val.get("decided_by") or {}
+    value, bar = d.get("value"), d.get("threshold")
+    if not isinstance(value, (int, float)):
+        return f"cosine {val.get('cosine')}"
+    return f"{d.get('output')}: {d.get('metric')} {value:.4f}" + (f" (bar {bar})" if bar is not None else "")
 
 
 def _ranking(job: VariantJob, ctx: JobContext, src: Path, path: Path) -> list[str]:
@@ -341,13 +375,13 @@ def _annotate(built: Built, job: VariantJob, ctx: JobContext) -> None:
         val.update({k: v for k, v in job.prune_info.items()
                     if k.startswith("kept") or k in ("params", "refit", "pruned_nothing")})
     opts = ctx.exporter_options.get(job.fmt, {})
-    if (built.fmt, job.prec) in STEM_FLOAT and opts.get("float_stem", True) and not opts.get("palettize") \
+    if (built.fmt, built.precision) in STEM_FLOAT and opts.get("float_stem", True) and not opts.get("palettize") \
             and "exported_from" not in val:
         if job.source not in ctx.stems:
             ctx.stems[job.source] = stem_nodes(onnx.load(str(job.source)))
         if ctx.stems[job.source]:
             val["float_stem"] = ctx.stems[job.source]       # kept float by the recipe, before any retry
-    if built.fmt == "onnx" and not val.get("kept_float"):
+    if built.fmt == "onnx" and not val.get("kept_float") and built.precision == job.prec:
         ctx.built_onnx[(job.source, job.prec)] = built.path   # other formats rank their nodes on it
 
 

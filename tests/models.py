@@ -609,3 +609,18 @@ def split_parts(seed: int = 0):
                         n("Sigmoid", ["b"], ["sb"]), n("Concat", ["ra", "sb"], ["y"], axis=1)],
                        {"x": [1, 6, 4]}, {"y": [1, 6, 4]},
                        [numpy_helper.from_array(np.array([2, 4], np.int64), "sizes")])
+
+
+def deep_relu_mlp(layers: int = 4, width: int = 32, seed: int = 0):
+    """x[1, width] -> (MatMul -> Relu) x layers -> y[1, width], no biases: every activation scales with the input, so
+    static int8 calibrated on inputs of one scale clips every layer on inputs 8x larger (calibration data that does
+    not represent the inputs); dynamic int8, which measures each call's range, does not."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(_w(rng, width, width, scale=1.4 / np.sqrt(width)), f"w{i}"))
+        out = "y" if i == layers - 1 else f"r{i}"
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"),
+                  helper.make_node("Relu", [f"h{i}"], [out], name=f"relu{i}")]
+        x = out
+    return float_graph("deep_relu_mlp", nodes, {"x": [1, width]}, {"y": [1, width]}, inits)

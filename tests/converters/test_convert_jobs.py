@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 import edgekit
@@ -184,6 +185,27 @@ def test_int8_retry_falls_back_to_weighted_ops_only(tmp_path, model_dir):
     got = np.stack([b.load("onnx-int8").run({"x": xi[None]})["out"] for xi in xs])
     cos = (want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)
     assert cos > 0.99                       # int8 weighted ops still cost a little accuracy, never this much
+
+
+def test_int8_that_no_retry_rescues_falls_back_to_dynamic_int8(tmp_path, model_dir):
+    """Calibration data 8x smaller than the inputs: static int8 clips every layer (keeping some layers float or only
+    the weighted ops in int8 cannot help); dynamic int8 measures each call's range and passes. The variant is kept,
+    recorded as int8-dynamic, with the static figure that missed, and the report says so."""
+    src = models.save(models.deep_relu_mlp(), model_dir / "deep_mlp.onnx")
+    rng = np.random.default_rng(0)
+    cal = rng.standard_normal((24, 1, 32)).astype(np.float32)
+    val = (8 * rng.standard_normal((12, 1, 32))).astype(np.float32)
+    b = edgekit.convert(src, tmp_path / "b", targets="onnx", quantize="int8", calibration={"x": cal},
+                        validation={"x": val}, progress=False, retry_budget_s=60)
+    v = b.variant("onnx-int8")
+    assert v.passed and v.precision == "int8-dynamic" and "static_int8" in v.validation, v.validation
+    ops = {n.op_type for n in onnx.load(str(b.artifact(v))).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops            # int8 compute, not a float copy
+    want = np.stack([models.ort_reference(src, {"x": x})["y"] for x in val])
+    got = np.stack([b.load("onnx-int8").run({"x": x})["y"] for x in val])
+    cos = (want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)
+    assert cos > 0.99                                                    # tolerance: 8-bit on 32-wide layers
+    assert "dynamic int8" in (b.path / "report.md").read_text()
 
 
 def test_opset11_source_gets_static_int8_on_an_upgraded_copy(tmp_path, model_dir):

@@ -312,3 +312,28 @@ def test_int8_grid_weights_shared_bias(tmp_path):
         ref, got = models.ort_reference(src, f), models.ort_reference(dst, f)
         for k in ("ya", "yb"):
             assert np.abs(got[k] - ref[k]).max() < 0.05 * np.abs(ref[k]).max()
+
+
+@pytest.mark.parametrize("builder", [models.pointwise_cnn, models.conv_bn_opset11])
+def test_dynamic_int8_stores_conv_weights_in_int8(tmp_path, builder):
+    """Conv weights become int8 (per output channel, dequantized in front of the Conv; an opset-11 model is
+    upgraded for the ``axis``); the image stem stays float; the output stays within 8-bit error of fp32."""
+    src, ins = _canon(builder(), tmp_path, "src")
+    dst = quantize.quantize(src, tmp_path / "dyn.onnx", "int8-dynamic", None, ins)
+    model = onnx.load(str(dst))
+    inits = {t.name: t for t in model.graph.initializer}
+    stem = set(quantize.stem_nodes(onnx.load(str(src))))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for n in convs:
+        if n.name in stem:
+            assert inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        else:
+            q = dq[n.input[1]]
+            assert inits[q.input[0]].data_type == onnx.TensorProto.INT8 and q.attribute[0].i == 0
+    assert sum(n.name not in stem for n in convs) >= 1 and stem
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        x = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in ins}
+        (k, want), = models.ort_reference(src, x).items()
+        assert _cos(want, models.ort_reference(dst, x)[k]) > 0.999   # tolerance: per-channel 8-bit weights
