@@ -169,6 +169,28 @@ def add_kernel_shapes(model) -> int:
     return added
 
 
+#: what TensorFlow accepts as a scope name: onnx2tf names each TF op after its ONNX node
+_TF_SCOPE = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+
+
+def tf_safe_node_names(model) -> int:
+    """Rename the nodes whose names TensorFlow refuses as scope names (Paddle2ONNX writes ``Softmax@0``:
+    "'Softmax@0' is not a valid scope name") by replacing each refused character with ``_``; how many."""
+    taken = {n.name for n in model.graph.node}
+    renamed = 0
+    for node in model.graph.node:
+        if not _TF_SCOPE.search(node.name):
+            continue
+        base = _TF_SCOPE.sub("_", node.name)
+        new, k = base, 1
+        while new in taken:
+            new, k = f"{base}_{k}", k + 1
+        taken.add(new)
+        node.name = new
+        renamed += 1
+    return renamed
+
+
 def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     """Write a conversion-ready copy of the source to ``dest``; return facts about it."""
     import onnx
@@ -191,6 +213,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     add_kernel_shapes(model)
+    tf_safe_node_names(model)
     onnx.save(model, str(dest))
     return {
         "input_names": [i.name for i in inputs],

@@ -312,6 +312,24 @@ def test_standalone_erf_runs_without_flex(tool_env, tmp_path):
     np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-5)  # polynomial erf
 
 
+def test_node_names_tensorflow_refuses_are_renamed(tool_env, tmp_path):
+    """Paddle2ONNX names nodes like ``Softmax@0``; TensorFlow refuses '@' in a scope name, which failed the whole
+    export of PP-OCR's text-orientation classifier. The copy given to onnx2tf renames them."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["h"], name="relu@0 (first)"),
+                           helper.make_node("Softmax", ["h"], ["y"], name="Softmax@0", axis=1)], "paddle_names",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    m.ir_version = 7
+    src = models.save(m, tmp_path / "paddle_names.onnx")
+    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "names.tflite", "fp32"))
+    x = np.linspace(-3, 3, 16, dtype=np.float32)[None]
+    got = next(iter(sess.run({"x": x}).values()))
+    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-6)   # float32 softmax
+
+
 def test_tool_timeout_kills_the_child(tmp_path):
     """A hung converter is killed at its timeout (the watchdog does not wait for the child's output to end)."""
     import time
