@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import models  # noqa: E402
+
+CROSS_CC = "aarch64-linux-gnu-g++"
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +102,23 @@ def torch_to_tflite():
     if why:
         pytest.skip(why)
     return torch
+
+
+@pytest.fixture(scope="session")
+def cross_cc() -> str:
+    """The aarch64 cross compiler, or skip naming the packages that provide it.
+
+    Under CI (``CI`` set, root, Debian's apt-get) it is installed first, as boards/qemu/run-tests.sh installs
+    qemu-user: a clean CI machine then tests the rpi4 kernels instead of skipping them, and with ``CI=true`` a
+    compiler still missing fails the test instead of skipping it.
+    """
+    if shutil.which(CROSS_CC) is None and os.environ.get("CI") and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "g++-aarch64-linux-gnu"]):
+            subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False)
+    if shutil.which(CROSS_CC) is None:
+        why = f"{CROSS_CC} is not installed (apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)"
+        if os.environ.get("CI") == "true":  # CI installs it above: its absence there is a failure, not a skip
+            pytest.fail(f"{why}, and installing it failed under CI")
+        pytest.skip(why)
+    return CROSS_CC

@@ -1,8 +1,10 @@
 """Budgeted sessions on a real two-variant bundle (onnxruntime): choice, adaptation, accounting, errors.
 
-The bundle (tests/sdk/budget_fixtures.py) holds a wide fp32 MLP and a pruned one with ~30x less work. Load
-is made deterministic by the work itself: a batch of 2048 rows makes the fp32 variant ~80 ms on this
-machine against ~2.6 ms for the pruned one, a batch of 16 ~0.8 ms; budgets sit 5-10x away from each.
+The bundle (tests/sdk/budget_fixtures.py) holds a wide fp32 MLP and a pruned one with ~20-40x less work. Load
+is made deterministic by the work itself: batches are sized from fp32's measured time per row on this machine
+(``fp32_row_ms``), so that e.g. the heavy phase takes fp32 ~80 ms against a few ms for the pruned one, and the
+budgets sit 5-10x away from each on a fast machine as on a slow one (an AVX-512 host runs 2048 rows in 12 ms,
+an older one in 80 ms).
 """
 
 from __future__ import annotations
@@ -34,6 +36,32 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="module")
+def fp32_row_ms(bundle) -> float:
+    """fp32's time per row here through raw ONNX Runtime (1 thread, best of 5 runs of 512 rows)."""
+    import time
+
+    import onnxruntime as ort
+
+    b = edgekit.Bundle(bundle)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(b.artifact(b.variant("fp32"))), so, providers=["CPUExecutionProvider"])
+    x = _x(512)
+    sess.run(None, {"x": x})
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sess.run(None, {"x": x})
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3 / 512
+
+
+def _rows(row_ms: float, fp32_ms: float) -> int:
+    """The batch that takes the fp32 variant about ``fp32_ms`` here."""
+    return max(1, round(fp32_ms / row_ms))
+
+
 def _x(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((rows, 256)).astype(np.float32)
 
@@ -59,8 +87,8 @@ def test_generous_budget_runs_the_most_accurate_variant(bundle):
         assert s.backend == "onnxruntime"
 
 
-def test_tight_budget_moves_down_and_back(bundle):
-    x = _x(64)  # fp32 ~3 ms, pruned ~0.05 ms here
+def test_tight_budget_moves_down_and_back(bundle, fp32_row_ms):
+    x = _x(_rows(fp32_row_ms, 3.0))  # fp32 ~3 ms, pruned ~0.1 ms
     with edgekit.load(bundle, budget_ms=200, **FAST) as s:
         seen = []
         for _ in range(10):
@@ -81,9 +109,9 @@ def test_tight_budget_moves_down_and_back(bundle):
         assert s.stats()["switches"] >= 2
 
 
-def test_load_moves_down_and_recovers(bundle):
+def test_load_moves_down_and_recovers(bundle, fp32_row_ms):
     """The fp32 variant is pushed over the budget by more work per call, and comes back when it drops."""
-    small, big = _x(16), _x(2048)  # fp32: ~0.8 ms / ~80 ms; pruned: ~0.03 ms / ~2.6 ms; budget 15 ms
+    small, big = _x(_rows(fp32_row_ms, 0.8)), _x(_rows(fp32_row_ms, 80.0))  # pruned: ~0.03 / ~3 ms; budget 15 ms
     with edgekit.load(bundle, budget_ms=15, **FAST) as s:
         phases = {}
         for name, x, n in (("light", small, 30), ("heavy", big, 80), ("recovered", small, 150)):

@@ -186,7 +186,7 @@ def test_plan_cli_prints_the_shape(seq_bundle, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_plan_tflite_coreml_and_composite_variants(tflite_mlp, tmp_path):
+def test_plan_tflite_coreml_and_composite_variants(tflite_mlp, tmp_path, cross_cc):
     """Non-ONNX variants are costed on their source ONNX graph and scaled by their own runtime's latency here."""
     pytest.importorskip("coremltools")
     pytest.importorskip("tvm")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,9 +9,6 @@ import pytest
 import models
 
 pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'edgekit-sdk[tvm]')")
-
-CROSS_CC = "aarch64-linux-gnu-g++"
-
 
 @pytest.fixture(scope="session")
 def tvm_models(model_dir) -> dict[str, Path]:
@@ -26,26 +20,6 @@ def tvm_models(model_dir) -> dict[str, Path]:
         "celu": models.save(models.celu_model(), model_dir / "tvm_celu.onnx"),
         "branches": models.save(models.branches_model(), model_dir / "tvm_branches.onnx"),
     }
-
-
-@pytest.fixture(scope="session")
-def cross_cc() -> str:
-    """The aarch64 cross compiler, or skip naming the packages that provide it.
-
-    Under CI (``CI`` set, root, Debian's apt-get) it is installed first, as boards/qemu/run-tests.sh installs
-    qemu-user: a clean CI machine then tests the rpi4 kernels instead of skipping them, and with ``CI=true`` a
-    compiler still missing fails the test instead of skipping it.
-    """
-    if shutil.which(CROSS_CC) is None and os.environ.get("CI") and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "g++-aarch64-linux-gnu"]):
-            subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False)
-    if shutil.which(CROSS_CC) is None:
-        why = f"{CROSS_CC} is not installed (apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)"
-        if os.environ.get("CI") == "true":  # CI installs it above: its absence there is a failure, not a skip
-            pytest.fail(f"{why}, and installing it failed under CI")
-        pytest.skip(why)
-    return CROSS_CC
 
 
 @pytest.fixture(scope="session")
