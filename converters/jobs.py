@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 
 from edgekit.bundle_writer import BundleWriter
-from edgekit.errors import EdgekitError, InputError, UnsupportedOpError
+from edgekit.errors import ConversionError, EdgekitError, InputError, UnsupportedOpError
 from edgekit.specs import TensorSpec
 
 from . import get_exporter
@@ -171,19 +171,32 @@ def _build(job: VariantJob, ctx: JobContext) -> Built:
     try:
         if ctx.fallback_ops:
             raise UnsupportedOpError(f"forced onto TVM: {', '.join(ctx.fallback_ops)}")
-        with stage("export"):
-            path = _prebuilt(job, ctx, src).result().get(job.prec) or _export(job, ctx, exp, src, art, [])
-        with stage("validate"):
-            val = ctx.check(path, job.fmt, exp)
-        if not val["passed"] and job.prec != "fp32" and ctx.accuracy_aware:
-            with stage("retry"):
-                path, val = _retry(job, ctx, exp, src, art, path, val)
+        try:
+            path, val = _export_and_check(job, ctx, exp, src, art)
+        except ConversionError as exc:   # a static int8 build that does not run: dynamic int8 may
+            dyn = _dynamic_instead(job, ctx, exp, src, art, {"error": exc}) \
+                if job.prec == "int8" and ctx.accuracy_aware and not isinstance(exc, UnsupportedOpError) else None
+            if dyn is None:
+                raise
+            path, val = dyn
     except UnsupportedOpError as exc:
         _rm(art)
         with stage("fallback"):
             return _fallback(job, ctx, exc, src, art)
     v_in, v_out = io_specs(onnx.load(str(src), load_external_data=False))
     return Built(job.vid, job.fmt, path, val, v_in, v_out)
+
+
+def _export_and_check(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path) -> tuple[Path, dict]:
+    """Export (or take the background build), validate, and retry where the variant misses its thresholds."""
+    with stage("export"):
+        path = _prebuilt(job, ctx, src).result().get(job.prec) or _export(job, ctx, exp, src, art, [])
+    with stage("validate"):
+        val = ctx.check(path, job.fmt, exp)
+    if not val["passed"] and job.prec != "fp32" and ctx.accuracy_aware:
+        with stage("retry"):
+            path, val = _retry(job, ctx, exp, src, art, path, val)
+    return path, val
 
 
 def _export(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, keep: list[str]) -> Path:
@@ -246,18 +259,21 @@ def _dynamic_instead(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path
         val2 = ctx.check(_export(dataclasses.replace(job, prec="int8-dynamic"), ctx, exp, src, art, []), job.fmt, exp)
     except EdgekitError as exc:
         log.info("%s: dynamic int8 instead failed: %s", job.vid, exc)
+        _rm(art)
         return None
     if not val2.get("passed"):
+        _rm(art)
         return None
     static = _figure(val)
-    ctx.notes.append(f"{job.vid}: static int8 missed its thresholds ({static}) even with nodes kept in float; "
-                     "dynamic int8 (int8 weights, activations quantized at run time) passes and is kept, "
-                     "recorded as precision int8-dynamic")
+    ctx.notes.append(f"{job.vid}: static int8 did not validate ({static}); dynamic int8 (int8 weights, "
+                     "activations quantized at run time) passes and is kept, recorded as precision int8-dynamic")
     return art, dict(val2, precision="int8-dynamic", static_int8=static)
 
 
 def _figure(val: dict) -> str:
-    """``output: metric value (bar threshold)`` of a validation record's deciding figure."""
+    """``output: metric value (bar threshold)`` of a validation record's deciding figure (or the build's error)."""
+    if "error" in val:
+        return f"failed: {_short(val['error'])}"
     d = val.get("decided_by") or {}
     value, bar = d.get("value"), d.get("threshold")
     if not isinstance(value, (int, float)):
