@@ -478,7 +478,8 @@ def _cell_from_variant(v: Any, src_size: int) -> dict:
     return {"built": True, "validated": bool(v.passed), "cosine": val.get("cosine"), "top1": val.get("top1"),
             "max_abs": val.get("max_abs"), "decided_by": val.get("decided_by"), "check": val.get("mode")
             or val.get("kind"), "size_ratio": round(v.size / src_size, 3) if src_size else None,
-            "variant": v.id, "seconds": v.extra.get("seconds"), "outputs": val.get("outputs"),
+            "variant": v.id, "precision": v.precision, "seconds": v.extra.get("seconds"),
+            "outputs": val.get("outputs"),
             "composite": v.format == "composite" or "+" in v.id,
             "validation_other": {k: x for k, x in val.items() if k not in _SHOWN and len(repr(x)) < 600}}
 
@@ -520,8 +521,11 @@ def _pipeline_convert() -> Callable:
 
 
 def _target(v: Any) -> tuple[str, str]:
-    """(format, precision) a variant serves: a composite 'coreml-fp32+tvm' serves the coreml-fp32 cell."""
-    return v.id.split("+")[0].split("-")[0], v.precision
+    """(format, precision asked for) of the cell a variant serves, read from its id: a composite 'coreml-fp32+tvm'
+    serves the coreml-fp32 cell; 'onnx-int8' serves onnx-int8 even where static int8 fell back to int8-dynamic
+    (its ``precision``, shown in the cell)."""
+    fmt, _, prec = v.id.split("+")[0].partition("-")
+    return fmt, prec
 
 
 def _precisions(model: ZooModel) -> tuple[str, ...]:
@@ -774,12 +778,16 @@ def _matrix(res: dict) -> list[str]:
         marks = []
         for c in cols:
             cell = r["cells"].get(c) or r["cells"].get(c.replace("int8", "int8-dynamic"))
-            marks.append("-" if cell is None else ("ok" if cell.get("validated") else
-                                                   ("FAIL" if not cell.get("built") else "unvalidated")))
+            mark = "-" if cell is None else ("ok" if cell.get("validated") else
+                                             ("FAIL" if not cell.get("built") else "unvalidated"))
+            if cell is not None and cell.get("precision") == "int8-dynamic" and c.endswith("-int8"):
+                mark += " (dyn)"
+            marks.append(mark)
         when = f"`{r.get('commit')}`" + (f" +{r['dirty_files']} uncommitted" if r.get("dirty_files") else "")
         out.append(f"| {n} | {r.get('family', '')} | {r.get('package', '')} | {when} | " + " | ".join(marks) + " |")
-    return out + ["", "int8 is static (calibrated) unless the model's row says int8-dynamic in the table below; "
-                  "'unvalidated' = built but below its thresholds.", ""]
+    return out + ["", "int8 is static (calibrated); '(dyn)': static int8 did not validate and edgekit fell back to "
+                  "dynamic int8 (int8 weights; activations quantized per call, or float for Conv), recorded as "
+                  "precision int8-dynamic. 'unvalidated' = built but below its thresholds.", ""]
 
 
 def _table(res: dict) -> list[str]:
@@ -793,6 +801,8 @@ def _table(res: dict) -> list[str]:
         for k, c in r["cells"].items():
             lat = "-" if c.get("latency_ms") is None else f"{c['latency_ms']:.2f} ms ({_f(c.get('latency_ratio'), 2)})"
             kind = f"{k} ({c['variant']})" if c.get("composite") else k
+            if c.get("precision") == "int8-dynamic" and k.endswith("-int8"):
+                kind += " (int8-dynamic)"
             out.append(f"| {n} | {kind} | {'yes' if c.get('built') else 'no'} | {'yes' if c.get('validated') else 'no'}"
                        f" | {_f(c.get('cosine'), 4)} | {_f(c.get('top1'))} | {_decided(c.get('decided_by'))} | "
                        f"{_f(c.get('cos_here'), 4)} | {_task(c)} | {_f(c.get('size_ratio'), 2)} | {lat} | "
