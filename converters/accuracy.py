@@ -113,26 +113,31 @@ def _score(m: dict) -> tuple[float, float]:
 
 def retry(ranked: Sequence[str], attempt: Callable[[list[str]], dict], max_fraction: float = 0.5,
           max_tries: int = 6, time_budget_s: float | None = None, baseline: dict | None = None,
-          patience: int | None = None) -> tuple[dict, list[str]]:
+          patience: int | None = None, attempt_cost_s: float = 0.0) -> tuple[dict, list[str]]:
     """Keep the top 1, 2, 4, ... of ``ranked`` until ``attempt(kept)["passed"]``; returns (metrics, kept).
 
-    No new attempt starts after ``time_budget_s`` seconds (slow exporters and graph checks). With ``baseline``
-    (the metrics of the variant with nothing kept) and ``patience``, the retry also stops after ``patience``
-    attempts in a row that did not beat the best score so far: keeping more of the same nodes in float is then
-    not what the variant lacks.
+    ``time_budget_s`` caps the whole retry: an attempt starts only if it is predicted to end within it, taking
+    each attempt to cost as much as the slowest one so far (at first ``attempt_cost_s``, e.g. what the plain
+    build and its validation took), so one slow attempt (a large model's Core ML graph check) cannot run far past
+    the budget. With ``baseline`` (the metrics of the variant with nothing kept) and ``patience``, the retry
+    also stops after ``patience`` attempts in a row that did not beat the best score so far: keeping more of the
+    same nodes in float is then not what the variant lacks.
     """
     import time
 
     start = time.perf_counter()
     limit = max(1, int(np.ceil(len(ranked) * max_fraction)))
     k, tries, last = 1, 0, ({}, [])
-    best, stale = (_score(baseline) if baseline else None), 0
+    best, stale, cost = (_score(baseline) if baseline else None), 0, attempt_cost_s
     while k <= limit and tries < max_tries:
-        if tries and time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-            log.info("accuracy retry stopped after %d tries: time budget of %.0f s spent", tries, time_budget_s)
+        if time_budget_s is not None and time.perf_counter() - start + cost > time_budget_s:
+            log.info("accuracy retry stopped after %d tries: an attempt (~%.0f s) would end past the time budget "
+                     "of %.0f s", tries, cost, time_budget_s)
             break
         kept = list(ranked[:k])
+        t0 = time.perf_counter()
         m = attempt(kept)
+        cost = max(cost, time.perf_counter() - t0)
         last = (m, kept)
         if m.get("passed"):
             return last

@@ -189,13 +189,16 @@ def _build(job: VariantJob, ctx: JobContext) -> Built:
 
 def _export_and_check(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path) -> tuple[Path, dict]:
     """Export (or take the background build), validate, and retry where the variant misses its thresholds."""
+    t0 = time.perf_counter()
     with stage("export"):
-        path = _prebuilt(job, ctx, src).result().get(job.prec) or _export(job, ctx, exp, src, art, [])
+        path = _prebuilt(job, ctx, src).result().get(job.prec)
+        cost_from = time.perf_counter() if path else t0      # a background build's time is not known here
+        path = path or _export(job, ctx, exp, src, art, [])
     with stage("validate"):
         val = ctx.check(path, job.fmt, exp)
     if not val["passed"] and job.prec != "fp32" and ctx.accuracy_aware:
         with stage("retry"):
-            path, val = _retry(job, ctx, exp, src, art, path, val)
+            path, val = _retry(job, ctx, exp, src, art, path, val, time.perf_counter() - cost_from)
     return path, val
 
 
@@ -211,8 +214,11 @@ def _export(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, keep: l
     return Path(exp.export(src, art, job.prec, calibration=ctx.calib, **kw))
 
 
-def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Path, val: dict) -> tuple[Path, dict]:
-    """Keep the most sensitive nodes in float until the variant passes; else restore the plain build."""
+def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Path, val: dict,
+           cost_s: float = 0.0) -> tuple[Path, dict]:
+    """Keep the most sensitive nodes in float until the variant passes (each attempt predicted to cost ``cost_s``,
+    what the plain build took, at first); then only the weighted ops in int8; then dynamic int8; else restore
+    the plain build."""
     if not _accepts(exp.export, "keep_float"):
         ctx.notes.append(f"{job.vid}: below threshold; the {job.fmt} exporter cannot keep nodes in float, so no "
                          "accuracy-aware retry")
@@ -228,7 +234,8 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
     plain = ctx.work / f"plain-{job.vid}"
     _copy(path, plain)
     ranked = _ranking(job, ctx, src, path)
-    val2, kept = retry(ranked, attempt, time_budget_s=ctx.retry_budget_s, baseline=val, patience=2)
+    val2, kept = retry(ranked, attempt, time_budget_s=ctx.retry_budget_s, baseline=val, patience=2,
+                       attempt_cost_s=cost_s)
     if val2 and val2.get("passed"):
         return (art if art.exists() else path), dict(val2, kept_float=kept)
     elementwise = _elementwise_nodes(src) if job.prec == "int8" else []

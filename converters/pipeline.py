@@ -118,7 +118,8 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
     ``input_shapes``: ``{"images": (1, 3, 320, 320)}`` (or ``["images=1,3,320,320"]``): the shapes formats needing
     static dims (TFLite, Core ML, TVM) are built for; by default those of the validation data. ONNX variants keep
     the source's dynamic dims.
-    ``retry_budget_s``: no new accuracy-aware retry attempt of a variant starts after this many seconds.
+    ``retry_budget_s``: the time budget of each variant's accuracy retry: no attempt starts that is predicted to
+    end past it (None: no budget).
     ``preprocess``: how images become inputs (``size=224,mean=..,std=..,layout=NCHW``): used for an image-folder
     ``calibration`` and recorded in the manifest.
     ``validation``: held-out inputs (same forms as ``calibration``) every variant is checked on; by default a
@@ -132,6 +133,7 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     req = _check_request(targets, quantize, prune, calibration, preprocess, input_shapes, boards, fallback_ops)
+    _check_retry_budget(retry_budget_s)
     check_writable(out_dir, force)
     with tempfile.TemporaryDirectory(prefix="edgekit-convert-") as work_s, \
             captured(Path(work_s) / "convert.log", verbose):
@@ -165,6 +167,14 @@ def convert(source: Any, out_dir: str | Path, targets: Sequence[str] | str | Non
 
 
 # ---- the request
+
+def _check_retry_budget(seconds: Any) -> None:
+    """None or a finite number of seconds >= 0; anything else is an InputError."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        raise InputError(f"retry_budget_s must be a number of seconds >= 0 (or None), got {seconds!r}")
+
 
 def _check_request(targets, quantize, prune, calibration, preprocess, input_shapes, boards, fallback_ops) -> Request:
     """Formats, precisions, prunings and shapes, checked before any work (bad input is an InputError)."""

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--cosine", type=float, default=0.99, help="validation threshold on cosine (default 0.99)")
     p.add_argument("--top1", type=float, default=0.98, help="top-1 agreement threshold for classifiers")
     p.add_argument("--no-retry", action="store_true", help="no accuracy-aware retry")
+    p.add_argument("--retry-budget-s", type=float, default=120.0, metavar="SECONDS",
+                   help="time budget of each variant's accuracy retry (default 120)")
     p.add_argument("--board", help="boards whose TVM kernels composites carry, comma-separated (e.g. rpi4,rpi5); "
                    "see `edgekit boards`")
     p.add_argument("--fallback-ops", help="op types forced onto TVM kernels, comma-separated (e.g. Softmax,Erf)")
@@ -56,6 +58,7 @@ def run(args) -> int:
                      preprocess=args.preprocess,
                      calibration_method=args.calibration_method, opset=args.opset, force=args.force,
                      cosine_threshold=args.cosine, top1_threshold=args.top1, accuracy_aware=not args.no_retry,
+                     retry_budget_s=args.retry_budget_s,
                      progress=not args.json, boards=_split(args.board), fallback_ops=_split(args.fallback_ops),
                      input_shapes=args.input_shape, verbose=getattr(args, "verbose", False))
     rows = bundle.table()

@@ -133,6 +133,15 @@ def test_bad_input_shape_is_one_line_exit_2(tmp_path, dyn_onnx, capsys, shape, n
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("budget", ["-1", "nan", "inf"])
+def test_bad_retry_budget_is_one_line_exit_2(tmp_path, mlp_onnx, capsys, budget):
+    rc = main(["convert", str(mlp_onnx), "-o", str(tmp_path / "b"), "--to", "onnx", "--quantize", "fp32",
+               "--retry-budget-s", budget])
+    err = capsys.readouterr().err
+    assert rc == 2 and "retry_budget_s" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "b").exists()
+
+
 def test_input_shapes_in_the_api_are_checked(tmp_path, dyn_onnx):
     with pytest.raises(InputError, match="positive"):
         edgekit.convert(dyn_onnx, tmp_path / "b", targets="onnx", input_shapes={"images": (1, 3, 0, 8)})
