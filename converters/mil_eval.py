@@ -3,7 +3,7 @@
 Core ML ``predict`` needs macOS. Elsewhere this module reloads the package through coremltools' milproto
 loader (which re-runs type inference, so a corrupt or inconsistent package fails here) and walks the program:
 each op's own ``value_inference()`` computes its output from concrete input values; the few ops without one
-(conv, conv_transpose, pooling, batch_norm, silu, the ``constexpr_*`` decompression ops) use the small numpy
+(conv, conv_transpose, pooling, batch_norm, silu, lstm, the ``constexpr_*`` decompression ops) use the small numpy
 fallbacks below.
 fp16 programs compute in float16 numpy, so the result tracks the precision of the package. This is a
 *graph check* of the program, not a run on a device: it does not exercise the Core ML runtime or its kernels.
@@ -171,6 +171,62 @@ def _silu(op) -> np.ndarray:
     return (x / (1 + np.exp(-x))).astype(x.dtype)
 
 
+_RNN_ACTS: dict[str, Callable] = {
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "tanh": np.tanh, "scaled_tanh": np.tanh,  # default alpha=beta=1
+    "relu": lambda x: np.maximum(x, 0), "linear": lambda x: x,
+    "hard_sigmoid": lambda x: np.clip(0.2 * x + 0.5, 0, 1),
+}
+
+
+def _attr(op, name: str, default):
+    """The constant value of an optional MIL op input, or ``default``."""
+    v = getattr(op, name)
+    return default if v is None else v.val
+
+
+def _lstm_direction(op, x: np.ndarray, h: np.ndarray, c: np.ndarray, back: bool) -> tuple:
+    """One direction of MIL ``lstm`` (gates i, f, o, z; peepholes i, f on c_{t-1}, o on c_t; ``clip`` on the
+    cell state): hidden states per input step [seq, batch, H] and the final h, c. Products accumulate in
+    float32 and states are rounded to ``x``'s dtype every step (fp16 programs keep fp16 state)."""
+    sfx = "_back" if back else ""
+    dt, acc = x.dtype, np.float32 if x.dtype == np.float16 else x.dtype
+    w_ih, w_hh = (getattr(op, f"weight_{k}{sfx}").val.astype(acc) for k in ("ih", "hh"))
+    hid = w_hh.shape[1]
+    bias, peep = getattr(op, f"bias{sfx}"), getattr(op, f"peephole{sfx}")
+    b = bias.val.astype(acc) if bias is not None else np.zeros(4 * hid, acc)
+    p = peep.val.astype(acc).reshape(3, hid) if peep is not None else np.zeros((3, hid), acc)
+    f_act, g_act, h_act = (_RNN_ACTS[_attr(op, k, d).lower()] for k, d in
+                           (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh")))
+    clip = float(op.clip.val) if op.clip is not None else None
+    reverse = back or _attr(op, "direction", "forward") == "reverse"
+    xw = x.astype(acc) @ w_ih.T + b                                    # [seq, batch, 4H]
+    ys = np.zeros(x.shape[:2] + (hid,), dt)
+    for t in (range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])):
+        gi, gf, go, gz = np.split(xw[t] + h.astype(acc) @ w_hh.T, 4, axis=-1)
+        cp = c.astype(acc)
+        i, f, z = f_act(gi + p[0] * cp), f_act(gf + p[1] * cp), g_act(gz)
+        cn = f * cp + i * z
+        if clip is not None:
+            cn = np.clip(cn, -clip, clip)
+        c = cn.astype(dt)
+        h = (f_act(go + p[2] * c.astype(acc)) * h_act(c.astype(acc))).astype(dt)
+        ys[t] = h
+    return ys, h, c
+
+
+def _lstm(op) -> tuple:
+    """MIL ``lstm`` (its documented equations): Y [seq or 1, batch, dirs*H], final h and c [batch, dirs*H];
+    a bidirectional op runs ``*_back`` over the reversed sequence, both halves aligned to input steps."""
+    x = op.x.val
+    dirs = 2 if _attr(op, "direction", "forward") == "bidirectional" else 1
+    hs, cs = np.split(op.initial_h.val, dirs, axis=-1), np.split(op.initial_c.val, dirs, axis=-1)
+    runs = [_lstm_direction(op, x, hs[d], cs[d], back=d == 1) for d in range(dirs)]
+    y, h, c = (np.concatenate([r[k] for r in runs], axis=-1) for k in range(3))
+    if not _attr(op, "output_sequence", False):
+        y = h[None]
+    return y, h, c
+
+
 def _reduce(fn: Callable) -> Callable:
     # coremltools' reduce value_inference passes keep_dims as numpy.bool, which numpy 2 rejects
     def run(op) -> np.ndarray:
@@ -194,6 +250,7 @@ FALLBACKS: dict[str, Callable] = {
     "batch_norm": _batch_norm,
     "silu": _silu,
     "upsample_nearest_neighbor": _upsample_nearest,
+    "lstm": _lstm,
 }
 
 
@@ -251,7 +308,9 @@ def _eval_op(op) -> None:
     fb = FALLBACKS.get(op.op_type)
     try:
         if fb is not None:
-            _set(op.outputs[0], fb(op))
+            res = fb(op)                          # one array, or a tuple for multi-output ops (lstm)
+            for v, val in zip(op.outputs, res if isinstance(res, tuple) else (res,)):
+                _set(v, val)
             return
         op.type_value_inference(overwrite_output=True)
     except Exception as exc:

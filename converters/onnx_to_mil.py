@@ -138,9 +138,11 @@ class _Ctx:
 
 
 def _np_const(arr: np.ndarray) -> np.ndarray:
+    """A constant in a dtype MIL has; int64 saturates to int32 (Slice's INT64_MAX "to the end" stays huge)."""
     arr = np.asarray(arr)
     if arr.dtype == np.int64 or arr.dtype == np.uint64:
-        return arr.astype(np.int32)
+        info = np.iinfo(np.int32)
+        return np.clip(arr, info.min, info.max).astype(np.int32)
     if arr.dtype == np.float64:
         return arr.astype(np.float32)
     return arr
@@ -638,6 +640,110 @@ def _pad(c: _Ctx):
     if min(mil_pad) < 0:
         raise c.unsupported("negative pads")
     return _mb().pad(x=c.var(0), pad=np.array(mil_pad, np.int32), mode=mode, constant_val=np.float32(value))
+
+
+# ONNX LSTM gate blocks i, o, f, c -> MIL i, f, o, z; ONNX peepholes i, o, f -> MIL i, f, o
+_LSTM_GATES, _LSTM_PEEPS = [0, 2, 1, 3], [0, 2, 1]
+# ONNX activation names MIL's lstm takes (with the ONNX defaults: HardSigmoid alpha 0.2, beta 0.5)
+_LSTM_ACTS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu", "HardSigmoid": "hard_sigmoid"}
+_LSTM_DIRS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+def _lstm_activations(c: _Ctx, dirs: int) -> dict[str, str]:
+    """MIL's recurrent/cell/output activations from the ONNX ``activations`` (f, g, h per direction)."""
+    if c.attr("activation_alpha") is not None or c.attr("activation_beta") is not None:
+        raise c.unsupported("activation_alpha/activation_beta (MIL's lstm activations take no parameters)")
+    acts = list(c.attr("activations", ["Sigmoid", "Tanh", "Tanh"] * dirs))
+    if len(acts) != 3 * dirs or (dirs == 2 and acts[:3] != acts[3:]):
+        raise c.unsupported(f"activations {acts} (MIL's lstm takes one f, g, h triple for both directions)")
+    bad = [a for a in acts[:3] if a not in _LSTM_ACTS]
+    if bad:
+        raise c.unsupported(f"LSTM activation(s) {bad}; supported: {sorted(_LSTM_ACTS)}")
+    return dict(zip(("recurrent_activation", "cell_activation", "activation"), (_LSTM_ACTS[a] for a in acts[:3])))
+
+
+def _lstm_check(c: _Ctx) -> str:
+    """Refuse LSTM attributes and inputs MIL's lstm cannot express; return the ONNX direction."""
+    direction = c.attr("direction", "forward")
+    if direction not in _LSTM_DIRS:
+        raise c.unsupported(f"direction={direction!r}")
+    if int(c.attr("layout", 0)) != 0:
+        raise c.unsupported("layout=1 (batch-first); only layout=0 [seq, batch, input] is supported")
+    if int(c.attr("input_forget", 0)):
+        raise c.unsupported("input_forget=1 (coupled input/forget gates)")
+    if c.attr("clip") is not None:  # ONNX clips the gates' pre-activations, Core ML the cell state
+        raise c.unsupported("clip (ONNX clips activation inputs, MIL's lstm clips the cell state)")
+    for i, what in ((0, "X"), (1, "W"), (2, "R")):
+        if not c.has(i):
+            raise c.unsupported(f"a missing {what} input")
+    if c.has(4):
+        lens, seq = c.val(4, "sequence_lens"), c.shape(0)[0]
+        if not isinstance(seq, (int, np.integer)) or np.any(np.asarray(lens) != int(seq)):
+            raise c.unsupported("sequence_lens other than the full sequence length (variable-length batches)")
+    return direction
+
+
+def _lstm_weights(c: _Ctx, d: int, hidden: int) -> dict[str, Any]:
+    """MIL weight_ih/weight_hh/bias/peephole (ifoz order) of ONNX direction ``d``, as named constants."""
+    mb, suffix = _mb(), "" if d == 0 else "_back"
+
+    def gates(arr: np.ndarray, order: list[int]) -> np.ndarray:
+        blocks = np.asarray(arr, np.float32).reshape((len(order), hidden) + np.shape(arr)[1:])
+        return np.ascontiguousarray(blocks[order].reshape((len(order) * hidden,) + np.shape(arr)[1:]))
+
+    def const(i: int, val: np.ndarray):  # named after the initializer so weight compression finds its node
+        return mb.const(val=val, name=c.fresh(mil_name(c.node.input[i])))
+
+    w = {f"weight_ih{suffix}": const(1, gates(c.val(1, "W")[d], _LSTM_GATES)),
+         f"weight_hh{suffix}": const(2, gates(c.val(2, "R")[d], _LSTM_GATES))}
+    if c.has(3):
+        b = np.asarray(c.val(3, "B")[d], np.float32)
+        w[f"bias{suffix}"] = const(3, gates(b[:4 * hidden] + b[4 * hidden:], _LSTM_GATES))
+    if c.has(7):
+        w[f"peephole{suffix}"] = const(7, gates(c.val(7, "P")[d], _LSTM_PEEPS))
+    return w
+
+
+def _lstm_state(c: _Ctx, i: int, dirs: int, hidden: int):
+    """ONNX initial_h/initial_c [dirs, batch, H] -> MIL [batch, dirs*H] (zeros when absent)."""
+    mb = _mb()
+    if not c.has(i):
+        batch = c.shape(0)[1]
+        if not isinstance(batch, (int, np.integer)):
+            raise c.unsupported("a missing initial state with a dynamic batch dim")
+        return np.zeros((int(batch), dirs * hidden), np.float32)
+    state = c.var(i)
+    if dirs == 2:
+        state = mb.concat(values=list(mb.split(x=state, num_splits=2, axis=0)), axis=2)
+    return mb.squeeze(x=state, axes=[0])
+
+
+def _lstm_split_dirs(x, dirs: int, axis: int):
+    """MIL [..., dirs*H] -> ONNX layout with a new directions axis at ``axis``."""
+    mb = _mb()
+    if dirs == 1:
+        return mb.expand_dims(x=x, axes=[axis])
+    return mb.stack(values=list(mb.split(x=x, num_splits=2, axis=-1)), axis=axis)
+
+
+@_op("LSTM")
+def _lstm(c: _Ctx):
+    """ONNX LSTM (layout 0) -> MIL ``lstm``: gates reordered iofc -> ifoz, bias Wb + Rb, states [batch, dirs*H];
+    outputs Y [seq, dirs, batch, H], Y_h / Y_c [dirs, batch, H]."""
+    mb = _mb()
+    direction = _lstm_check(c)
+    dirs, hidden = _LSTM_DIRS[direction], int(c.shape(2)[-1])
+    if c.shape(1)[0] != dirs or c.shape(2)[0] != dirs:
+        raise c.unsupported(f"W/R with {c.shape(1)[0]} directions for direction={direction!r}")
+    args = _lstm_activations(c, dirs)
+    for d in range(dirs):
+        args.update(_lstm_weights(c, d, hidden))
+    y, y_h, y_c = mb.lstm(x=c.var(0), initial_h=_lstm_state(c, 5, dirs, hidden),
+                          initial_c=_lstm_state(c, 6, dirs, hidden), direction=direction, output_sequence=True,
+                          **args)
+    names = list(c.node.output) + [""] * 3
+    return [_lstm_split_dirs(v, dirs, axis) if names[k] else v
+            for k, (v, axis) in enumerate(((y, 1), (y_h, 0), (y_c, 0)))]
 
 
 # ---------------------------------------------------------------------------------------------------------

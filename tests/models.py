@@ -624,3 +624,22 @@ def deep_relu_mlp(layers: int = 4, width: int = 32, seed: int = 0):
                   helper.make_node("Relu", [f"h{i}"], [out], name=f"relu{i}")]
         x = out
     return float_graph("deep_relu_mlp", nodes, {"x": [1, width]}, {"y": [1, width]}, inits)
+
+
+def lstm_model(direction: str = "forward", hidden: int = 16, seq: int = 5, d_in: int = 8, batch: int = 1,
+               peepholes: bool = False, seed: int = 0):
+    """x[seq, batch, d_in] + h0/c0[dirs, batch, hidden] -> ONNX LSTM (B, initial states as graph inputs, optional
+    peepholes P) -> Y[seq, dirs, batch, hidden], Y_h/Y_c[dirs, batch, hidden] (silero-vad's recurrent block)."""
+    rng = np.random.default_rng(seed)
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [numpy_helper.from_array(_w(rng, dirs, 4 * hidden, d_in), "W"),
+             numpy_helper.from_array(_w(rng, dirs, 4 * hidden, hidden), "R"),
+             numpy_helper.from_array(_w(rng, dirs, 8 * hidden), "B")]
+    ins = ["x", "W", "R", "B", "", "h0", "c0"]
+    if peepholes:
+        inits.append(numpy_helper.from_array(_w(rng, dirs, 3 * hidden), "P"))
+        ins.append("P")
+    node = helper.make_node("LSTM", ins, ["Y", "Y_h", "Y_c"], hidden_size=hidden, direction=direction, name="lstm")
+    state = [dirs, batch, hidden]
+    return float_graph("lstm", [node], {"x": [seq, batch, d_in], "h0": state, "c0": state},
+                       {"Y": [seq, dirs, batch, hidden], "Y_h": state, "Y_c": state}, inits)

@@ -352,3 +352,89 @@ def test_int8_weights_tuned_on_calibration(exporter, tmp_path):
     assert err(tuned_pkg, tuned_src) <= 2 * fp16_noise + 1e-6          # the package's weights are the tuned ones
     tuned, plain = err(tuned_pkg, src), err(plain_pkg, src)
     assert tuned < plain, (tuned, plain)
+
+
+# --- LSTM (silero-vad's recurrent block) --------------------------------------------------------------
+
+LSTM_VARIANTS = {"forward": {}, "bidirectional": {"direction": "bidirectional", "peepholes": True, "batch": 2},
+                 "reverse": {"direction": "reverse"}}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("variant", sorted(LSTM_VARIANTS))
+def test_lstm_matches_onnxruntime(exporter, tmp_path, variant, precision):
+    """ONNX LSTM -> MIL lstm (gates iofc -> ifoz, Wb + Rb, states [batch, dirs*H]); Y, Y_h, Y_c in ONNX layout
+    match onnxruntime on random inputs and states: fp32 to ~1e-5, fp16 to ~1e-2 (of the output's scale)."""
+    model = models.lstm_model(**LSTM_VARIANTS[variant])
+    src = models.save(model, tmp_path / "lstm.onnx")
+    pkg = exporter.export(src, tmp_path / "lstm.mlpackage", precision)
+    _, spec = mil_eval.load_program(pkg)
+    assert "lstm" in _op_types(spec)
+    rng = np.random.default_rng(7)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input}
+    ref = models.ort_reference(src, feeds)
+    got = exporter.evaluate(pkg, feeds)
+    assert set(got) == {"Y", "Y_h", "Y_c"} == set(ref)
+    for k in ref:
+        _close(ref[k], got[k], precision)
+
+
+@pytest.mark.parametrize("attrs, why", [({"layout": 1}, "layout=1"), ({"clip": 0.5}, "clip"),
+                                        ({"input_forget": 1}, "input_forget"),
+                                        ({"activations": ["Sigmoid", "Softsign", "Tanh"]}, "Softsign")])
+def test_lstm_unsupported_attributes(exporter, tmp_path, attrs, why):
+    model = models.lstm_model()
+    model.graph.node[0].attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    src = tmp_path / "lstm.onnx"
+    onnx.save(model, str(src))
+    with pytest.raises(UnsupportedOpError, match=f"'lstm'.*LSTM.*{why}"):
+        exporter.export(src, tmp_path / "lstm.mlpackage", "fp32")
+
+
+def test_slice_int64_extreme_ends(exporter, tmp_path):
+    """torch exports ``x[:, k:]`` / ``x[::-1]`` with ends INT64_MAX / -INT64_MAX (silero-vad's STFT): narrowed to
+    int32 they saturate (to the end), not wrap to -1 / 1."""
+    big = np.iinfo(np.int64).max
+    n = helper.make_node
+    const = lambda name, v: n("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.int64)))  # noqa: E731
+    nodes = [const("s", [2]), const("e", [big]), const("ax", [1]), const("rs", [-1]), const("re", [-big]),
+             const("st", [-1]), n("Slice", ["x", "s", "e", "ax"], ["tail"]),
+             n("Slice", ["tail", "rs", "re", "ax", "st"], ["y"])]
+    src = models.save(models.float_graph("slices", nodes, {"x": [2, 6]}, {"y": [2, 4]}, []), tmp_path / "s.onnx")
+    pkg = exporter.export(src, tmp_path / "s.mlpackage", "fp32")
+    feeds = {"x": np.arange(12, dtype=np.float32).reshape(2, 6)}
+    got, ref = exporter.evaluate(pkg, feeds)["y"], models.ort_reference(src, feeds)["y"]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_lstm_graph_check_fp16_program():
+    """An iOS17 MIL lstm in fp16 (the exporter's iOS16 packages keep lstm in fp32) evaluates in float16: within
+    ~1e-2 of the same program in fp32."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(0)
+    hid, size, seq, batch = 8, 4, 6, 2
+    w = {"weight_ih": (4 * hid, size), "weight_hh": (4 * hid, hid), "bias": (4 * hid,)}
+    w = {k: (rng.standard_normal(s) * 0.4).astype(np.float32) for k, s in w.items()}
+
+    def program(dt):
+        npdt = np.float16 if dt == types.fp16 else np.float32
+        specs = [mb.TensorSpec((seq, batch, size), dt), mb.TensorSpec((batch, hid), dt),
+                 mb.TensorSpec((batch, hid), dt)]
+
+        @mb.program(input_specs=specs, opset_version=ct.target.iOS17)
+        def prog(x, h, c):
+            return mb.lstm(x=x, initial_h=h, initial_c=c, output_sequence=True,
+                           **{k: v.astype(npdt) for k, v in w.items()})
+        return prog
+
+    feeds = {"x": rng.standard_normal((seq, batch, size)), "h": rng.standard_normal((batch, hid)),
+             "c": rng.standard_normal((batch, hid))}
+    full = list(mil_eval.evaluate_program(program(types.fp32), feeds).values())
+    half = list(mil_eval.evaluate_program(program(types.fp16), feeds).values())
+    assert len(half) == 3 and all(h.dtype == np.float16 for h in half)
+    for ref, got in zip(full, half):
+        _close(ref, got.astype(np.float32), "fp16")
