@@ -1,7 +1,8 @@
 """Runs INSIDE the onnx2tf tool environment (numpy 1, TensorFlow 2.19): ONNX -> SavedModel -> .tflite.
 
 Not imported by edgekit. Invoked as ``python _tflite_worker.py JOB.json``; the job names the ONNX copy,
-the targets (precision, output file), the inputs to keep in NCHW, and an optional calibration ``.npz``.
+the targets (precision, output file), the inputs to keep in NCHW, those to keep in their shape absolutely
+(recurrent sequences and states), and an optional calibration ``.npz``.
 Progress goes to stdout as ``EDGEKIT-STAGE <name>`` lines (onnx2tf's own per-node lines pass through);
 ops onnx2tf has no handler for are reported as ``EDGEKIT-UNSUPPORTED <node> <op_type>`` with exit status 3.
 """
@@ -49,6 +50,7 @@ def to_saved_model(job: dict) -> str:
         input_onnx_file_path=job["onnx"],
         output_folder_path=out_dir,
         keep_ncw_or_nchw_or_ncdhw_input_names=job["keep_nchw"] or None,
+        keep_shape_absolutely_input_names=job.get("keep_shape") or None,
         replace_to_pseudo_operators=job.get("pseudo_ops") or None,
         output_signaturedefs=True,
         copy_onnx_input_output_names_to_tflite=False,
@@ -60,20 +62,51 @@ def to_saved_model(job: dict) -> str:
 
 
 def restore_output_layout(saved: str, job: dict, layouts: dict) -> str:
-    """onnx2tf leaves 3-D+ outputs channel-last; transpose them back to the source's layout inside the model.
+    """onnx2tf leaves 3-D+ outputs channel-last, may move an output's unit dims, and gives rank-0 inputs a batch
+    dim (shape [None]); transpose or reshape the outputs back to the source's shapes and take the scalars as
+    scalars, inside the model.
 
-    Returns the SavedModel to convert: ``saved`` itself, or a wrapper beside it whose outputs have the ONNX shapes.
+    Returns the SavedModel to convert: ``saved`` itself, or a wrapper beside it with the ONNX input/output shapes.
     """
     import tensorflow as tf
 
     wrapped = saved.rstrip("/") + "_io"
     if os.path.isfile(os.path.join(wrapped, "saved_model.pb")):
         return wrapped
-    want = job.get("output_shapes") or []
-    names = job.get("output_names") or []
     imported = tf.saved_model.load(saved)
     fn = imported.signatures["serving_default"]
-    outs = fn.structured_outputs
+    perms = _output_perms(fn.structured_outputs, job, layouts)
+    shapes = _unit_dim_moves(fn.structured_outputs, job, perms)
+    in_spec = fn.structured_input_signature[1]
+    scalars = _scalar_inputs(in_spec, job)
+    if not perms and not shapes and not scalars:
+        return saved
+    in_names = list(in_spec)
+    specs = [tf.TensorSpec([] if n in scalars else in_spec[n].shape, in_spec[n].dtype, name=n) for n in in_names]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        res = fn(**{n: tf.reshape(a, [1]) if n in scalars else a for n, a in zip(in_names, args)})
+        res = {k: tf.reshape(v, shapes[k]) if k in shapes else v for k, v in res.items()}
+        return {k: tf.transpose(v, perms[k]) if k in perms else v for k, v in res.items()}
+
+    module = tf.Module()
+    module.inner = imported
+    module.serve = serve
+    tf.saved_model.save(module, wrapped, signatures={"serving_default": serve.get_concrete_function()})
+    if perms:
+        print(f"EDGEKIT-NOTE outputs {sorted(perms)} transposed back to the source's channel-first layout", flush=True)
+    if shapes:
+        print(f"EDGEKIT-NOTE outputs {sorted(shapes)} reshaped to the source's shape (unit dims moved)", flush=True)
+    if scalars:
+        print(f"EDGEKIT-NOTE inputs {sorted(scalars)} taken as scalars like the source's", flush=True)
+    return wrapped
+
+
+def _output_perms(outs: dict, job: dict, layouts: dict) -> dict[str, list[int]]:
+    """Signature output key -> the permutation that puts onnx2tf's channel-last output back in the source's layout."""
+    want = job.get("output_shapes") or []
+    names = job.get("output_names") or []
     keys = sorted(outs, key=lambda k: int(k.rsplit("_", 1)[1]) if re.fullmatch(r"output_\d+", k) else 1 << 30)
     perms = {}
     for i, key in enumerate(keys):
@@ -91,23 +124,30 @@ def restore_output_layout(saved: str, job: dict, layouts: dict) -> str:
         same = all(a is None or b is None or b < 0 or a == b for a, b in zip(have, src))
         if fits and (nhwc or (nhwc is None and not same)):
             perms[key] = to_first
-    if not perms:
-        return saved
-    in_spec = fn.structured_input_signature[1]
-    in_names = list(in_spec)
-    specs = [tf.TensorSpec(in_spec[n].shape, in_spec[n].dtype, name=n) for n in in_names]
+    return perms
 
-    @tf.function(input_signature=specs)
-    def serve(*args):
-        res = fn(**dict(zip(in_names, args)))
-        return {k: tf.transpose(v, perms[k]) if k in perms else v for k, v in res.items()}
 
-    module = tf.Module()
-    module.inner = imported
-    module.serve = serve
-    tf.saved_model.save(module, wrapped, signatures={"serving_default": serve.get_concrete_function()})
-    print(f"EDGEKIT-NOTE outputs {sorted(perms)} transposed back to the source's channel-first layout", flush=True)
-    return wrapped
+def _unit_dim_moves(outs: dict, job: dict, perms: dict) -> dict[str, list[int]]:
+    """Signature output key -> the source's static shape, for outputs that have it but for where their unit dims
+    sit: the same data in the same order. onnx2tf's Concat picks its axis by comparing values up to a transpose,
+    so silero-vad's ``stateN [2, 1, 128]``, two ``[1, 1, 128]`` states joined on axis 0, came out [1, 2, 128]."""
+    want = job.get("output_shapes") or []
+    keys = sorted(outs, key=lambda k: int(k.rsplit("_", 1)[1]) if re.fullmatch(r"output_\d+", k) else 1 << 30)
+    shapes = {}
+    for key, src in zip(keys, want):
+        have = outs[key].shape.as_list()
+        if key in perms or src is None or have == src or any(d is None or d < 0 for d in have + src):
+            continue
+        if [d for d in have if d != 1] == [d for d in src if d != 1]:
+            shapes[key] = src
+    return shapes
+
+
+def _scalar_inputs(in_spec: dict, job: dict) -> set[str]:
+    """Signature input keys of the source's rank-0 inputs that onnx2tf made rank 1 (silero-vad's ``sr``)."""
+    ranks = dict(zip(job.get("input_names") or [], job.get("input_ranks") or []))
+    scalar = {_norm(n) for n, r in ranks.items() if r == 0}
+    return {k for k, spec in in_spec.items() if _norm(k) in scalar and spec.shape.rank == 1}
 
 
 def _norm(name: str) -> str:
@@ -397,12 +437,13 @@ def keep_io_order(blob: bytes, input_names: list[str], output_names: list[str]) 
 
     LiteRT lists signature inputs sorted by name (and outputs ``output_0, output_1, output_10 ...``), so a
     source whose order is not sorted would be fed by position wrongly. Then the signature is dropped, the
-    subgraph's inputs/outputs are put in source order and named like the source: runtimes bind by index.
+    subgraph's inputs/outputs are put in source order and named like the source: runtimes bind by index. Only
+    the signature's subgraph changes (a recurrent model also has its WHILE loop's cond/body subgraphs).
     """
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     model = fu.convert_bytearray_to_object(bytearray(blob))
-    if not model.signatureDefs or len(model.subgraphs) != 1:
+    if len(model.signatureDefs) != 1:
         return blob, False
     sig = model.signatureDefs[0]
     ins = {_name(tm.name): tm.tensorIndex for tm in sig.inputs}
@@ -416,7 +457,7 @@ def keep_io_order(blob: bytes, input_names: list[str], output_names: list[str]) 
         if hit is None:
             return blob, False
         order.append(ins[hit])
-    sg = model.subgraphs[0]
+    sg = model.subgraphs[sig.subgraphIndex]
     sg.inputs = order
     sg.outputs = [outs[k] for k in out_keys]
     for idx, name in zip(order, input_names):

@@ -1,9 +1,10 @@
 """TFLite export: ONNX -> .tflite through onnx2tf in an isolated tool environment; PyTorch -> .tflite with litert-torch.
 
 ONNX sources: the graph is prepared here (a copy: onnx2tf overwrites its input; an opset-17 erf-GELU is
-fused into a real ``Gelu`` at opset 20 so it does not become the FlexErf op LiteRT cannot run), then
-``_tflite_worker.py`` runs in the onnx2tf tool environment (converters/toolenv.py): onnx2tf writes a
-SavedModel keeping the source's NCHW inputs, and ``TFLiteConverter.from_saved_model`` writes the requested
+fused into a real ``Gelu`` at opset 20 so it does not become the FlexErf op LiteRT cannot run; Slices over
+several axes become one-axis Slices), then ``_tflite_worker.py`` runs in the onnx2tf tool environment
+(converters/toolenv.py): onnx2tf writes a SavedModel keeping the source's NCHW inputs (recurrent sequences and
+states in their own shape), and ``TFLiteConverter.from_saved_model`` writes the requested
 precision (fp32, fp16, int8-dynamic, or full int8 from the calibration data) with float inputs/outputs.
 Every result is loaded in LiteRT and checked against the source's inputs and outputs before it is kept.
 """
@@ -191,6 +192,119 @@ def tf_safe_node_names(model) -> int:
     return renamed
 
 
+def _constants(model) -> dict[str, np.ndarray]:
+    """The graph's constant tensors by name: initializers and ``Constant`` node outputs."""
+    from onnx import numpy_helper
+
+    found = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+def _slice_params(node, consts: dict) -> tuple | None:
+    """(starts, ends, axes, steps) of a Slice whose parameters are all constant (input or attribute form)."""
+    attrs = {a.name: list(a.ints) for a in node.attribute}
+    if "starts" in attrs:   # opset < 10
+        axes = attrs.get("axes", list(range(len(attrs["starts"]))))
+        return attrs["starts"], attrs["ends"], axes, [1] * len(axes)
+    names = list(node.input[1:]) + [""] * (4 - len(node.input[1:]))
+    if any(n and n not in consts for n in names) or not names[0] or not names[1]:
+        return None
+    starts, ends = consts[names[0]].ravel().tolist(), consts[names[1]].ravel().tolist()
+    axes = consts[names[2]].ravel().tolist() if names[2] else list(range(len(starts)))
+    steps = consts[names[3]].ravel().tolist() if names[3] else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+def split_multi_axis_slices(model) -> int:
+    """Rewrite each constant Slice over several axes as a chain of one-axis Slices (axes a no-op slice leaves
+    whole are dropped); return how many Slices were rewritten.
+
+    onnx2tf maps a Slice's axes to its channel-last layout (NCW axes [1, 2] become [2, 1]) but applies
+    ``starts``/``ends`` in the listed order, so a multi-axis Slice that covers the channel axis cuts the wrong
+    dims (Slice.py's re-sorting only runs for ``len(axes.shape) > 1``, never true of a 1-D axes list): silero-vad's
+    STFT magnitude came out [8, 0, 257] instead of [8, 4, 129] and failed at the next Add. Unit steps are left
+    out: onnxoptimizer's fuse_consecutive_slices (run by onnx2tf's onnxsim) only merges Slices given all 5 inputs.
+    """
+    from onnx import helper, numpy_helper
+
+    consts, opset = _constants(model), _opset(model)
+    taken = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
+    out, rewritten = [], 0
+    for node in model.graph.node:
+        params = _slice_params(node, consts) if node.op_type == "Slice" else None
+        if params is None or len(params[2]) < 2:
+            out.append(node)
+            continue
+        kept = [p for p in zip(*params) if not (p[0] == 0 and p[3] == 1 and p[1] >= 2**31 - 1)]
+        src = node.input[0]
+        for k, (start, end, axis, step) in enumerate(kept):
+            name = _fresh(f"{node.name or 'slice'}_axis{axis}", taken)
+            dst = node.output[0] if k == len(kept) - 1 else f"{name}_out"
+            if opset < 10:
+                out.append(helper.make_node("Slice", [src], [dst], name=name, starts=[start], ends=[end], axes=[axis]))
+            else:
+                parts = (("starts", start), ("ends", end), ("axes", axis)) + ((("steps", step),) if step != 1 else ())
+                arrays = [np.array([v], np.int64) for _, v in parts]
+                ins = [f"{name}_{part}" for part, _ in parts]
+                model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, ins))
+                out.append(helper.make_node("Slice", [src, *ins], [dst], name=name))
+            src = dst
+        if not kept:
+            out.append(helper.make_node("Identity", [src], [node.output[0]], name=node.name))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(out)
+    return rewritten
+
+
+#: the sequence and state inputs of the recurrent ops (ONNX input positions): X, initial_h (, initial_c)
+_RECURRENT_INPUTS = {"LSTM": (0, 5, 6), "GRU": (0, 5), "RNN": (0, 5)}
+#: ops that pass a sequence or state along without giving it a channel layout (picking, reshaping, joining parts)
+_PLUMBING = ("Gather", "Slice", "Split", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast", "Concat")
+
+
+def recurrent_inputs(model) -> list[str]:
+    """Graph inputs that reach an LSTM/GRU/RNN's sequence or initial state through plumbing ops only (silero-vad's
+    ``state [2, batch, 128]`` gathered into initial_h and initial_c, its ``h``/``c [1, 1, 128]`` fed directly).
+
+    Such a tensor is ``[directions, batch, hidden]`` (or ``[seq, batch, features]``), not a channel-first feature
+    map: kept NCW, onnx2tf transposes it to [directions, hidden, batch] inside the model and its LSTM takes it as
+    it is ("initial_state ... shape=(128, 1) ... cell.state_size is [128, 128]"). The worker keeps these inputs in
+    their shape absolutely (onnx2tf's keep_shape_absolutely_input_names) instead.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    todo = [n.input[i] for n in model.graph.node for i in _RECURRENT_INPUTS.get(n.op_type, ()) if i < len(n.input)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None and node.op_type in _PLUMBING:
+            todo.extend(node.input if node.op_type == "Concat" else node.input[:1])
+    return [name for name in graph_inputs if name in seen]
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2`` ... whichever is not in ``taken`` yet (then taken)."""
+    new, k = base, 1
+    while new in taken:
+        new, k = f"{base}_{k}", k + 1
+    taken.add(new)
+    return new
+
+
 def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     """Write a conversion-ready copy of the source to ``dest``; return facts about it."""
     import onnx
@@ -213,6 +327,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     add_kernel_shapes(model)
+    split_multi_axis_slices(model)
     tf_safe_node_names(model)
     onnx.save(model, str(dest))
     return {
@@ -221,6 +336,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
         "output_shapes": [[d.dim_value if d.HasField("dim_value") else -1 for d in o.type.tensor_type.shape.dim]
                           if o.type.tensor_type.HasField("shape") else None for o in model.graph.output],
         "input_ranks": [len(i.type.tensor_type.shape.dim) for i in inputs],
+        "recurrent_inputs": recurrent_inputs(model),
         "erf_left": any(n.op_type == "Erf" for n in model.graph.node),
         "gelu_fused": fused,
     }
@@ -357,7 +473,8 @@ def _saved_model_dir(prepared_onnx: Path, job: dict) -> Path:
     """Where the SavedModel of this (prepared source, onnx2tf options) lives for this process."""
     from edgekit._fs import sha256_path
 
-    key = sha256_path(prepared_onnx) + json.dumps([job["keep_nchw"], job["pseudo_ops"], toolenv.ONNX2TF.key])
+    key = sha256_path(prepared_onnx) + json.dumps([job["keep_nchw"], job["keep_shape"], job["pseudo_ops"],
+                                                   toolenv.ONNX2TF.key])
     key = hashlib.sha256(key.encode()).hexdigest()[:16]
     if key not in _SAVED:
         while len(_SAVED) >= 8:
@@ -408,10 +525,12 @@ class TFLiteExporter:
             job = {
                 "onnx": str(work / "model.onnx"), "workdir": str(work),
                 "targets": [{"precision": p, "out": str(work / f"model-{p}.tflite")} for p in outputs],
-                "input_names": facts["input_names"], "output_names": facts["output_names"],
+                "input_names": facts["input_names"], "input_ranks": facts["input_ranks"],
+                "output_names": facts["output_names"],
                 "output_shapes": facts["output_shapes"],
-                "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"]) if r >= 3]
-                if keep_nchw else [],
+                "keep_nchw": [n for n, r in zip(facts["input_names"], facts["input_ranks"])
+                              if r >= 3 and n not in facts["recurrent_inputs"]] if keep_nchw else [],
+                "keep_shape": facts["recurrent_inputs"],  # sequences and states: no channel layout to keep or change
                 "pseudo_ops": ["erf"] if facts["erf_left"] else [],  # onnx2tf: polynomial erf, no FlexErf
             }
             if "int8" in outputs:
@@ -441,6 +560,9 @@ class TFLiteExporter:
                 for target in job["targets"]:
                     if code != 0 or not Path(target["out"]).is_file():
                         detail = "; ".join(progress.errors) or _failure_detail(output)
+                        if code < 0 and "[edgekit]" not in output:   # a native crash leaves no error line
+                            stage = re.findall(r"^EDGEKIT-STAGE (\S+)", output, re.MULTILINE)
+                            detail = f"the converter crashed (signal {-code}) at stage {stage[-1] if stage else '?'}"
                         raise ConversionError(
                             f"{onnx_path.name}: TFLite {target['precision']} export failed: {detail}")
                 progress.bar.set_postfix_str("verify in LiteRT")

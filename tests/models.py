@@ -643,3 +643,64 @@ def lstm_model(direction: str = "forward", hidden: int = 16, seq: int = 5, d_in:
     state = [dirs, batch, hidden]
     return float_graph("lstm", [node], {"x": [seq, batch, d_in], "h0": state, "c0": state},
                        {"Y": [seq, dirs, batch, hidden], "Y_h": state, "Y_c": state}, inits)
+
+
+def _i64(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, np.int64), name)
+
+
+def stft_magnitude(frames: int = 7, bins: int = 9, hop: int = 8, seed: int = 0):
+    """x[2, L] -> Unsqueeze -> Conv1d (a [2*bins, 1, 2*hop] basis, stride hop) -> Slice real / imaginary halves on
+    axes [1, 2] (channel and time at once, dropping frame 0) -> re^2 + im^2 -> Sqrt -> y[2, bins, frames-1]
+    (silero-vad's STFT magnitude: onnx2tf applied such a Slice's starts to the wrong dims)."""
+    rng = np.random.default_rng(seed)
+    n, big = helper.make_node, np.iinfo(np.int64).max
+    inits = [numpy_helper.from_array(_w(rng, 2 * bins, 1, 2 * hop), "basis"), _i64("one", [1]),
+             _i64("re_s", [0, 1]), _i64("re_e", [bins, big]), _i64("im_s", [bins, 1]), _i64("im_e", [big, big]),
+             _i64("axes", [1, 2]), numpy_helper.from_array(np.array(2, np.float32), "two")]
+    nodes = [n("Unsqueeze", ["x", "one"], ["x3"]), n("Conv", ["x3", "basis"], ["spec"], strides=[hop]),
+             n("Slice", ["spec", "re_s", "re_e", "axes"], ["re"]), n("Slice", ["spec", "im_s", "im_e", "axes"], ["im"]),
+             n("Pow", ["re", "two"], ["re2"]), n("Pow", ["im", "two"], ["im2"]), n("Add", ["re2", "im2"], ["p"]),
+             n("Sqrt", ["p"], ["y"])]
+    return float_graph("stft_magnitude", nodes, {"x": [2, (frames - 1) * hop + 2 * hop]}, {"y": [2, bins, frames - 1]},
+                       inits)
+
+
+def _lstm_weights(rng, d_in: int, hidden: int) -> list:
+    return [numpy_helper.from_array(_w(rng, 1, 4 * hidden, d_in), "W"),
+            numpy_helper.from_array(_w(rng, 1, 4 * hidden, hidden), "R"),
+            numpy_helper.from_array(_w(rng, 1, 8 * hidden, scale=0.1), "B")]
+
+
+def conv_lstm_state_io(steps: int = 4, channels: int = 4, d: int = 8, hidden: int = 16, seed: int = 0):
+    """x[1, channels, steps] -> Conv1d 1x1 -> Transpose to [steps, 1, d] -> LSTM with h, c[1, 1, hidden] graph
+    inputs -> y[steps, 1, hidden], hn, cn (silero-vad's sequence model: state in, state out)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    inits = _lstm_weights(rng, d, hidden) + [numpy_helper.from_array(_w(rng, d, channels, 1, scale=0.5), "wc"),
+                                             _i64("one", [1])]
+    nodes = [n("Conv", ["x", "wc"], ["f"]), n("Transpose", ["f"], ["seq"], perm=[2, 0, 1]),
+             n("LSTM", ["seq", "W", "R", "B", "", "h", "c"], ["Y", "hn", "cn"], hidden_size=hidden),
+             n("Squeeze", ["Y", "one"], ["y"])]
+    state = [1, 1, hidden]
+    return float_graph("conv_lstm_state_io", nodes, {"x": [1, channels, steps], "h": state, "c": state},
+                       {"y": [steps, 1, hidden], "hn": state, "cn": state}, inits)
+
+
+def lstm_packed_state(d: int = 8, hidden: int = 16, seed: int = 0):
+    """x[1, d] and state[2, 1, hidden] (h and c packed) -> Gather 0 / 1 -> Unsqueeze -> LSTM one step -> Squeeze ->
+    Unsqueeze -> Concat axis 0 -> stateN[2, 1, hidden]; prob[1, 1] = Sigmoid(h @ wo) (silero-vad op15's decoder)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    inits = _lstm_weights(rng, d, hidden) + [_i64("i0", 0), _i64("i1", 1), _i64("ax0", [0]),
+                                             numpy_helper.from_array(_w(rng, hidden, 1), "wo")]
+    nodes = [n("Unsqueeze", ["x", "ax0"], ["seq"]),
+             n("Gather", ["state", "i0"], ["h0"], axis=0), n("Gather", ["state", "i1"], ["c0"], axis=0),
+             n("Unsqueeze", ["h0", "ax0"], ["h3"]), n("Unsqueeze", ["c0", "ax0"], ["c3"]),
+             n("LSTM", ["seq", "W", "R", "B", "", "h3", "c3"], ["Y", "hn", "cn"], hidden_size=hidden),
+             n("Squeeze", ["hn", "ax0"], ["h1"]), n("Squeeze", ["cn", "ax0"], ["c1"]),
+             n("Unsqueeze", ["h1", "ax0"], ["h2"]), n("Unsqueeze", ["c1", "ax0"], ["c2"]),
+             n("Concat", ["h2", "c2"], ["stateN"], axis=0), n("MatMul", ["h1", "wo"], ["logit"]),
+             n("Sigmoid", ["logit"], ["prob"])]
+    return float_graph("lstm_packed_state", nodes, {"x": [1, d], "state": [2, 1, hidden]},
+                       {"prob": [1, 1], "stateN": [2, 1, hidden]}, inits)

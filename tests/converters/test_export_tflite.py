@@ -418,3 +418,58 @@ def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd, tor
             np.testing.assert_allclose(got, ref, atol=tol)  # same float32 math
         else:
             assert _cosine(got, ref) >= 0.99, _cosine(got, ref)  # int8 weights, float activations
+
+
+def _fp32_matches_onnxruntime(src: Path, out: Path, n: int = 4, seed: int = 0) -> None:
+    """Export ``src`` at fp32, run it in LiteRT on ``n`` random samples (float inputs N(0, 1), int64 ones 16000)
+    and compare every output, by position, with ONNX Runtime's (the same float32 math: 1e-5)."""
+    import onnx
+
+    sess = edgekit.load(get_exporter("tflite").export(src, out, "fp32"))
+    spec = onnx.load(str(src)).graph.input
+    assert [i.name for i in sess.inputs] == [i.name for i in spec]    # the source's order, not LiteRT's sorted one
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        feeds = {i.name: np.array(16000, np.int64) if i.type.tensor_type.elem_type == onnx.TensorProto.INT64 else
+                 rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+                 for i in spec}
+        got, want = list(sess.run(feeds).values()), list(models.ort_reference(src, feeds).values())
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_slice_over_channel_and_time_axes(tool_env, tmp_path):
+    """A Slice over axes [1, 2] of a Conv1d output: onnx2tf maps the axes to its channel-last layout ([2, 1]) but
+    applies starts/ends in the listed order, so silero-vad's STFT halves came out [8, 5, 257] and [8, 0, 257]
+    ("UnboundLocalError: ... 'dummy_tensor'" at the Add). The copy given to onnx2tf has one-axis Slices."""
+    _fp32_matches_onnxruntime(models.save(models.stft_magnitude(), tmp_path / "stft.onnx"), tmp_path / "stft.tflite")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["conv_lstm_state_io", "lstm_model", "lstm_bidirectional"])
+def test_lstm_sequence_and_state_inputs_keep_their_layout(tool_env, tmp_path, name):
+    """Rank-3 graph inputs that are an LSTM's sequence or initial state ([dirs, batch, hidden]) are not NCW
+    feature maps: kept NCW, onnx2tf transposed them and its LSTM refused them ("initial_state ... shape=(16, 1)
+    ... cell.state_size is [16, 16]"). They are kept in their shape; the inputs keep the source's order (x, h, c)
+    although the LSTM's WHILE loop gives the .tflite three subgraphs."""
+    model = models.lstm_model("bidirectional") if name == "lstm_bidirectional" else getattr(models, name)()
+    _fp32_matches_onnxruntime(models.save(model, tmp_path / f"{name}.onnx"), tmp_path / f"{name}.tflite")
+
+
+@pytest.mark.slow
+def test_lstm_state_packed_in_one_input_and_output(tool_env, tmp_path):
+    """silero-vad op15's decoder: state[2, 1, H] gathered into h and c, the new ones joined back on axis 0. onnx2tf
+    transposed the state input (as above) and joined the [1, 1, H] halves on axis 1 (its Concat check compares
+    values up to a transpose): stateN came out [1, 2, H], the same data with its unit dims moved, now reshaped."""
+    src = models.save(models.lstm_packed_state(), tmp_path / "packed.onnx")
+    _fp32_matches_onnxruntime(src, tmp_path / "packed.tflite")
+
+
+@pytest.mark.slow
+def test_rank0_input_stays_a_scalar(tool_env, tmp_path):
+    """onnx2tf gives a rank-0 input (silero-vad's int64 ``sr``) the shape [None]; the .tflite takes a scalar."""
+    src = models.save(models.scalar_input(), tmp_path / "scalar.onnx")
+    _fp32_matches_onnxruntime(src, tmp_path / "scalar.tflite")
+    assert edgekit.load(tmp_path / "scalar.tflite").inputs[1].shape == ()
