@@ -46,6 +46,38 @@ def interpreter_class():
     )
 
 
+#: what LiteRT says when its default XNNPACK delegate refuses a graph it cannot take whole
+_DELEGATE_REFUSED = re.compile(r"XNNPack|XNNPACK|failed to prepare", re.IGNORECASE)
+
+
+def new_interpreter(Interpreter, threads: int | None = None, **source: Any):
+    """An allocated interpreter (``source``: ``model_content=`` or ``model_path=``) and the delegate it runs on.
+
+    LiteRT applies its XNNPACK delegate by default; XNNPACK refuses some graphs outright (an int8 MTCNN ONet from
+    onnx2tf: "Node number 26 (TfLiteXNNPackDelegate) failed to prepare"), and LiteRT then fails the whole model.
+    Such a model is opened again on LiteRT's builtin kernels alone (slower, same results), delegate ``"none"``.
+    """
+    kw = {"num_threads": int(threads)} if threads else {}
+    try:
+        with filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner (shown with --verbose)
+            interp = Interpreter(**source, **kw)
+            interp.allocate_tensors()
+        return interp, "xnnpack"
+    except (RuntimeError, ValueError) as exc:
+        resolver = _resolver(Interpreter)
+        if resolver is None or not _DELEGATE_REFUSED.search(str(exc)):
+            raise
+    interp = Interpreter(**source, **kw,
+                         experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    return interp, "none"
+
+
+def _resolver(Interpreter):
+    """The ``OpResolverType`` enum of the module ``Interpreter`` comes from, or None (an old tflite-runtime)."""
+    return getattr(importlib.import_module(Interpreter.__module__), "OpResolverType", None)
+
+
 def _clean(name: str) -> str:
     """``serving_default_input:0`` -> ``input``; ``StatefulPartitionedCall:0`` stays meaningful."""
     name = re.sub(r":\d+$", "", name)
@@ -227,17 +259,22 @@ class LiteRTBackend(Backend):
         Interpreter = interpreter_class()
         content = Path(path).read_bytes()
 
-        def make():
-            with filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner (shown with --verbose)
-                interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None)
-                interp.allocate_tensors()
-            return interp
-
         try:
-            first = make()
+            first, delegate = new_interpreter(Interpreter, threads, model_content=content)
         except Exception as exc:
             raise unreadable_error(path, "tflite", exc) from None
-        return LiteRTRunner(make, first)
+
+        def make():
+            if delegate == "xnnpack":
+                return new_interpreter(Interpreter, threads, model_content=content)[0]
+            interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None,
+                                 experimental_op_resolver_type=_resolver(Interpreter).BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interp.allocate_tensors()
+            return interp
+
+        runner = LiteRTRunner(make, first)
+        runner.delegate = delegate
+        return runner
 
     def inspect(self, path: Path) -> dict:
         Interpreter = interpreter_class()

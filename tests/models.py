@@ -645,6 +645,22 @@ def lstm_model(direction: str = "forward", hidden: int = 16, seq: int = 5, d_in:
                        {"Y": [seq, dirs, batch, hidden], "Y_h": state, "Y_c": state}, inits)
 
 
+def ceil_pool_fc(seed: int = 0):
+    """image[1,3,24,24] -> Conv 3->8 -> Relu -> MaxPool 3/2 ceil_mode -> Flatten -> Gemm -> logits[1,2] (MTCNN's
+    O-Net pattern): its static int8 TFLite from onnx2tf is refused whole by LiteRT's default XNNPACK delegate
+    ("failed to create XNNPACK runtime ... failed to prepare")."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["image", "cw", "cb"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], name="fc", transB=1)]
+    inits = [numpy_helper.from_array(_w(rng, 8, 3, 3, 3), "cw"), numpy_helper.from_array(_w(rng, 8, scale=0.1), "cb"),
+             numpy_helper.from_array(_w(rng, 2, 8 * 11 * 11, scale=0.05), "fw"),
+             numpy_helper.from_array(_w(rng, 2, scale=0.1), "fb")]
+    return float_graph("ceil_pool_fc", nodes, {"image": [1, 3, 24, 24]}, {"logits": [1, 2]}, inits)
+
+
 def _i64(name: str, value) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(value, np.int64), name)
 

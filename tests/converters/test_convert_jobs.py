@@ -217,6 +217,52 @@ def test_int8_that_no_retry_rescues_falls_back_to_dynamic_int8(tmp_path, model_d
     assert "dynamic int8" in (b.path / "report.md").read_text()
 
 
+def test_int8_tflite_of_a_ceil_mode_max_pool_validates(tmp_path, model_dir):
+    """onnx2tf pads a ceil-mode MaxPool with -3.4e38, so static int8 calibrated that tensor's range to ~[-3.4e38,
+    max] (MTCNN O-Net: scale 1.3e36, a constant output, a graph XNNPACK refused): the copy given to onnx2tf pads by
+    edge replication instead, and the static int8 variant validates."""
+    _usable("tflite")
+    src = models.save(models.ceil_pool_fc(), model_dir / "ceil_pool_fc.onnx")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((36, 1, 3, 24, 24)).astype(np.float32)
+    b = edgekit.convert(src, tmp_path / "b", targets="tflite", quantize="int8", calibration={"image": x[:24]},
+                        validation={"image": x[24:]}, progress=False)
+    assert b.failed == [], b.failed
+    v = b.variant("tflite-int8")
+    assert v.passed and v.precision == "int8", v.validation       # static int8 itself, no fallback needed
+    sess = b.load("tflite-int8")
+    want = np.stack([models.ort_reference(src, {"image": xi})["logits"] for xi in x[24:]])
+    got = np.stack([sess.run({"image": xi})["logits"] for xi in x[24:]])
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # tolerance: 8-bit activations and weights
+
+
+def test_a_tflite_model_xnnpack_refuses_runs_on_builtin_kernels(tmp_path, model_dir, monkeypatch):
+    """The same model exported without the max-pool rewrite is refused whole by LiteRT's default XNNPACK delegate
+    ("failed to prepare"): edgekit.load opens it on LiteRT's builtin kernels, which give what LiteRT itself gives
+    without delegates."""
+    _usable("tflite")
+    from edgekit.converters import export_tflite
+    from edgekit.runtimes.litert import interpreter_class
+
+    monkeypatch.setattr(export_tflite, "edge_padded_max_pools", lambda model: 0)
+    monkeypatch.setattr(export_tflite, "verify_tflite", lambda *a, **k: None)
+    src = models.save(models.ceil_pool_fc(), model_dir / "ceil_pool_fc.onnx")
+    x = np.random.default_rng(1).standard_normal((16, 1, 3, 24, 24)).astype(np.float32)
+    path = get_exporter("tflite").export(src, tmp_path / "refused.tflite", "int8", calibration={"image": x})
+    Interpreter = interpreter_class()
+    with pytest.raises(RuntimeError, match="XNNPACK|failed to prepare"):
+        Interpreter(model_path=str(path)).allocate_tensors()
+    sess = edgekit.load(path)
+    plain = Interpreter(model_path=str(path), experimental_op_resolver_type=__import__(
+        Interpreter.__module__, fromlist=["OpResolverType"]).OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    plain.allocate_tensors()
+    i, o = plain.get_input_details()[0], plain.get_output_details()[0]
+    plain.set_tensor(i["index"], x[0])
+    plain.invoke()
+    got = next(iter(sess.run({sess.inputs[0].name: x[0]}).values()))
+    np.testing.assert_array_equal(got, plain.get_tensor(o["index"]))   # the same kernels: bit for bit
+
+
 def test_opset11_source_gets_static_int8_on_an_upgraded_copy(tmp_path, model_dir):
     """Paddle2ONNX exports are often opset 11: per-channel QDQ needs 13, so int8 is built on an upgraded copy,
     validated, and the report says so (it was an invalid model that ORT refused: 'Unrecognized attribute: axis')."""
