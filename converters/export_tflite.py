@@ -2,9 +2,9 @@
 
 ONNX sources: the graph is prepared here (a copy: onnx2tf overwrites its input), rewritten where onnx2tf or LiteRT
 mishandle a pattern (:mod:`edgekit.converters.tflite_rewrites`: erf-GELU fused into ``Gelu``, one-axis Slices,
-edge-padded max pools, TF-safe node names), then ``_tflite_worker.py`` runs in the onnx2tf tool environment
-(converters/toolenv.py): onnx2tf writes a SavedModel keeping the source's NCHW inputs (recurrent sequences and
-states in their own shape), and ``TFLiteConverter.from_saved_model`` writes the requested
+edge-padded max pools, ReduceL2 expanded, TF-safe node names), then ``_tflite_worker.py`` runs in the onnx2tf
+tool environment (converters/toolenv.py): onnx2tf writes a SavedModel keeping the source's NCHW inputs
+(recurrent sequences and states in their own shape), and ``TFLiteConverter.from_saved_model`` writes the requested
 precision (fp32, fp16, int8-dynamic, or full int8 from the calibration data) with float inputs/outputs.
 Every result is loaded in LiteRT and checked against the source's inputs and outputs before it is kept.
 """
@@ -30,6 +30,7 @@ from . import register_exporter, toolenv
 from .tflite_rewrites import (
     add_kernel_shapes,
     edge_padded_max_pools,
+    expand_reduce_l2,
     fuse_erf_gelu,
     recurrent_inputs,
     split_multi_axis_slices,
@@ -109,6 +110,7 @@ def prepare_onnx(onnx_path: Path, dest: Path) -> dict:
     add_kernel_shapes(model)
     split_multi_axis_slices(model)
     edge_padded_max_pools(model)
+    expand_reduce_l2(model)
     tf_safe_node_names(model)
     onnx.save(model, str(dest))
     return {

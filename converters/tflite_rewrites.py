@@ -307,3 +307,40 @@ def _fresh(base: str, taken: set[str]) -> str:
         new, k = f"{base}_{k}", k + 1
     taken.add(new)
     return new
+
+
+def expand_reduce_l2(model: onnx.ModelProto) -> int:
+    """``ReduceL2(x)`` -> ``Sqrt(ReduceSum(x * x))`` with the same axes and keepdims.
+
+    onnx2tf turns ReduceL2 into ``tf.norm``; with the axes given as an input (opset >= 18, e.g. after the opset-20
+    upgrade of an erf-GELU model) it passes a numpy integer, which tf.norm refuses ("'axis' must be None, an integer,
+    or a tuple of 2 unique integers, got 1": all-MiniLM-L6-v2's normalised embedding). The expanded form uses ops
+    onnx2tf converts plainly.
+    """
+    opset = _opset(model)
+    taken = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
+    nodes, changed = [], 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceL2" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        base = _fresh(node.name or node.output[0], taken)
+        axes = list(node.input[1:2]) if len(node.input) > 1 and node.input[1] else []
+        if "axes" in attrs and opset >= 13:      # ReduceSum takes its axes as an input from opset 13
+            arr = numpy_helper.from_array(np.array(attrs["axes"], np.int64), f"{base}_axes")
+            model.graph.initializer.append(arr)
+            axes = [arr.name]
+        extra = {"keepdims": attrs.get("keepdims", 1)}
+        if opset < 13 and "axes" in attrs:
+            extra["axes"] = attrs["axes"]
+        if opset >= 13 and attrs.get("noop_with_empty_axes"):
+            extra["noop_with_empty_axes"] = attrs["noop_with_empty_axes"]
+        nodes += [helper.make_node("Mul", [node.input[0], node.input[0]], [f"{base}_sq"], name=f"{base}_sq"),
+                  helper.make_node("ReduceSum", [f"{base}_sq", *axes], [f"{base}_sum"], name=f"{base}_sum", **extra),
+                  helper.make_node("Sqrt", [f"{base}_sum"], list(node.output), name=f"{base}_sqrt")]
+        changed += 1
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed

@@ -720,3 +720,21 @@ def lstm_packed_state(d: int = 8, hidden: int = 16, seed: int = 0):
              n("Sigmoid", ["logit"], ["prob"])]
     return float_graph("lstm_packed_state", nodes, {"x": [1, d], "state": [2, 1, hidden]},
                        {"prob": [1, 1], "stateN": [2, 1, hidden]}, inits)
+
+
+def l2_normalized(d: int = 16, seed: int = 0):
+    """x[1, 4, d] -> MatMul -> mean over tokens -> divide by ReduceL2 over axis -1 (keepdims), clipped -> y[1, d] at
+    opset 18 (axes as inputs, as after the opset-20 upgrade of an erf-GELU model): sentence-transformers'
+    normalised embedding, whose ReduceL2 onnx2tf failed to convert ("tf.norm: 'axis' must be None, an integer ...
+    got 1": the axes came from a constant as a numpy integer)."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w"], ["h"]), n("ReduceMean", ["h", "tokens"], ["m"], keepdims=0),
+             n("ReduceL2", ["m", "last"], ["norm"], keepdims=1), n("Clip", ["norm", "eps", ""], ["safe"]),
+             n("Div", ["m", "safe"], ["y"])]
+    inits = [numpy_helper.from_array(_w(rng, d, d), "w"), numpy_helper.from_array(np.array([1], np.int64), "tokens"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array(1e-12, np.float32), "eps")]
+    g = helper.make_graph(nodes, "l2_normalized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, d])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, d])], inits)
+    return _model(g, opset=18)

@@ -473,3 +473,13 @@ def test_rank0_input_stays_a_scalar(tool_env, tmp_path):
     src = models.save(models.scalar_input(), tmp_path / "scalar.onnx")
     _fp32_matches_onnxruntime(src, tmp_path / "scalar.tflite")
     assert edgekit.load(tmp_path / "scalar.tflite").inputs[1].shape == ()
+
+
+def test_reduce_l2_normalised_embedding(tool_env, tmp_path):
+    """A sentence-transformer's normalised embedding (ReduceL2): onnx2tf's tf.norm refused it; the copy given to
+    onnx2tf computes Sqrt(ReduceSum(x * x)) instead."""
+    src = models.save(models.l2_normalized(), tmp_path / "l2.onnx")
+    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "l2.tflite", "fp32"))
+    x = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)
+    got = next(iter(sess.run({"x": x}).values()))
+    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], rtol=1e-5, atol=1e-6)  # fp32
