@@ -763,7 +763,8 @@ def _how(res: dict) -> list[str]:
             f"calibration=..., validation=..., retry_budget_s={budgets})` per model, {N_CALIB} "
             f"calibration and {N_VALID} validation samples (half for the large-input models) from disjoint "
             "photos, text, audio or files; shapes are left to edgekit (no `input_shapes`).",
-            "- x86-64 VM, 2 cores shared with other jobs: latency ratios move by +-20% between runs.",
+            "- x86-64 VM (AMD EPYC with AVX-512 and VNNI since 2026-12-06; an AVX2 VM before), 2 cores shared with "
+            "other jobs: latency ratios move by +-20% between runs.",
             "- Models: `pip install 'edgekit-sdk[zoo]'` and `pip install --no-deps facenet-pytorch==2.6.0 "
             "mediapipe==0.10.14` (only their weight files are used). MiniLM is exported to ONNX by torch here "
             "(opset 17, dynamic batch/seq) as a user would; the MTCNN nets are facenet-pytorch's modules with "
