@@ -203,6 +203,9 @@ class CoreMLExporter:
     #: the pipeline gives this exporter a source whose input dims are fixed
     static_shapes = True
     format = "coreml"
+    #: int8 and int8-dynamic are both weight-only here, GPTQ-rounded when given calibration data: a fallback from
+    #: int8 to int8-dynamic only brings something new without it (rounding to nearest)
+    dynamic_uses_calibration = False
     extra = "coreml"
     suffix = ".mlpackage"
     precisions = PRECISIONS

@@ -20,6 +20,8 @@ from .quantize import quantize
 class OnnxExporter:
     #: ONNX variants keep the source's dynamic dims
     static_shapes = False
+    #: int8-dynamic rounds its weights by GPTQ when given calibration data
+    dynamic_uses_calibration = True
     format = "onnx"
     extra = "convert"
     suffix = ".onnx"

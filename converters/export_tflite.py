@@ -273,6 +273,8 @@ class TFLiteExporter:
     #: pipeline gives this exporter a source whose input dims are fixed
     static_shapes = True
     format = "tflite"
+    #: int8-dynamic (dynamic-range quantization) does not use calibration data
+    dynamic_uses_calibration = False
     extra = "tflite"
     suffix = ".tflite"
 

@@ -288,7 +288,8 @@ def _dynamic_instead(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path
     and lifts PP-OCRv4's recognizer from 8 to 11 of 12 lines decoded alike.
     """
     dyn = dataclasses.replace(job, prec="int8-dynamic")
-    for calib in (None, ctx.calib) if ctx.calib else (None,):
+    tuned = ctx.calib if getattr(exp, "dynamic_uses_calibration", False) else None
+    for calib in (None, tuned) if tuned else (None,):
         try:
             val2 = ctx.check(_export(dyn, ctx, exp, src, art, [], calibration=calib), job.fmt, exp)
         except EdgekitError as exc:
