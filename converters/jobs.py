@@ -302,8 +302,8 @@ def _dynamic_instead(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path
                              "activations quantized at run time) passes and is kept, recorded as precision "
                              "int8-dynamic")
             return art, dict(val2, precision="int8-dynamic", static_int8=static)
-        log.info("%s: dynamic int8 (%s) does not pass either (%s)", job.vid, "GPTQ" if calib else "nearest",
-                 _figure(val2))
+        ctx.notes.append(f"{job.vid}: dynamic int8 ({'GPTQ-rounded' if calib else 'rounded to nearest'}) tried "
+                         f"as a fallback, below threshold too ({_figure(val2)})")
     _rm(art)
     return None
 
