@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: formats with an official converter from PyTorch, used for a module source when the ONNX route lacks an op
 TORCH_CONVERTERS = {"coreml": "ct.convert", "tflite": "litert-torch"}
 #: (format, precision) whose exporter keeps an image stem float by default (quantize.stem_nodes)
-STEM_FLOAT = {("onnx", "int8"), ("coreml", "int8"), ("coreml", "int8-dynamic")}
+STEM_FLOAT = {("onnx", "int8"), ("onnx", "int8-dynamic"), ("coreml", "int8"), ("coreml", "int8-dynamic")}
 
 
 @dataclass(frozen=True)
@@ -220,17 +220,29 @@ def _export(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, keep: l
 
 def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Path, val: dict,
            cost_s: float = 0.0) -> tuple[Path, dict]:
-    """Keep the most sensitive nodes in float until the variant passes (each attempt predicted to cost ``cost_s``,
-    what the plain build took, at first); then only the weighted ops in int8; then dynamic int8; else restore
-    the plain build."""
-    if not _accepts(exp.export, "keep_float"):
-        dyn = _dynamic_keeping(job, ctx, exp, src, art, path, val) if job.prec == "int8" else None
-        if dyn is not None:
-            return dyn
-        ctx.notes.append(f"{job.vid}: below threshold; the {job.fmt} exporter cannot keep nodes in float, so no "
-                         "accuracy-aware retry")
-        return path, val
+    """Keep the most sensitive nodes in float until the variant passes (:func:`_keep_float`); for static int8 then
+    dynamic int8 (:func:`_dynamic_instead`); else put the plain build back, marked as not passing."""
+    plain = ctx.work / f"plain-{job.vid}"
+    _copy(path, plain)
+    if _accepts(exp.export, "keep_float"):
+        found, why = _keep_float(job, ctx, exp, src, art, path, val, cost_s)
+    else:
+        found, why = None, f"the {job.fmt} exporter cannot keep nodes in float"
+    if found is None and job.prec == "int8":
+        found = _dynamic_instead(job, ctx, exp, src, art, val)
+    if found is not None:
+        return found
+    _rm(art)
+    _copy(plain, art)
+    ctx.notes.append(f"{job.vid}: below threshold; {why}; kept the plain variant")
+    return art, dict(val, retry_failed=f"below threshold: {why}; the plain variant is kept")
 
+
+def _keep_float(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Path, val: dict,
+                cost_s: float) -> tuple[tuple[Path, dict] | None, str]:
+    """The ranked nodes kept in float, 1, 2, 4, ... within the retry's budget (each attempt predicted to cost
+    ``cost_s``, what the plain build took, at first); for int8 then only the weighted ops in int8. Returns the
+    passing (path, validation), or None and why not."""
     def attempt(keep: list[str]) -> dict:
         try:
             return ctx.check(_export(job, ctx, exp, src, art, keep), job.fmt, exp)
@@ -238,43 +250,20 @@ def _retry(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Pa
             log.info("%s: retry with %d nodes kept failed: %s", job.vid, len(keep), exc)
             return {"passed": False, "top1": -1.0, "cosine": -1.0}
 
-    plain = ctx.work / f"plain-{job.vid}"
-    _copy(path, plain)
     ranked = _ranking(job, ctx, src, path)
     val2, kept = retry(ranked, attempt, time_budget_s=ctx.retry_budget_s, baseline=val, patience=2,
                        attempt_cost_s=cost_s)
     if val2 and val2.get("passed"):
-        return (art if art.exists() else path), dict(val2, kept_float=kept)
+        return ((art if art.exists() else path), dict(val2, kept_float=kept)), ""
     elementwise = _elementwise_nodes(src) if job.prec == "int8" else []
     if elementwise:      # then: only the weighted ops in int8 (a decomposed LayerNorm or a one-hot front end in
         val3 = attempt(elementwise)     # int8 wrecks some models however many weighted nodes stay float)
         if val3.get("passed"):
             ctx.notes.append(f"{job.vid}: passes with only its weighted ops in int8 ({len(elementwise)} other nodes "
                              "kept in float)")
-            return (art if art.exists() else path), dict(val3, kept_float=elementwise, kept_reason="weighted ops only")
-    if job.prec == "int8":
-        dyn = _dynamic_instead(job, ctx, exp, src, art, val)
-        if dyn is not None:
-            return dyn
-    _rm(art)
-    _copy(plain, art)
-    ctx.notes.append(f"{job.vid}: accuracy-aware retry failed ({len(kept)} nodes kept in float at most); kept the "
-                     "plain variant")
-    return art, dict(val, retry_failed=f"below threshold even with {len(kept)} nodes kept in float; the plain "
-                                       "variant is kept")
-
-
-def _dynamic_keeping(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, path: Path,
-                     val: dict) -> tuple[Path, dict] | None:
-    """:func:`_dynamic_instead`, the plain build at ``path`` put back where dynamic int8 does not pass."""
-    plain = ctx.work / f"plain-{job.vid}"
-    _copy(path, plain)
-    dyn = _dynamic_instead(job, ctx, exp, src, art, val)
-    if dyn is None:
-        _rm(art)
-        if not path.exists():
-            _copy(plain, path)
-    return dyn
+            return ((art if art.exists() else path),
+                    dict(val3, kept_float=elementwise, kept_reason="weighted ops only")), ""
+    return None, f"accuracy-aware retry failed ({len(kept)} nodes kept in float at most)"
 
 
 def _dynamic_instead(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path,
