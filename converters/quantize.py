@@ -160,15 +160,7 @@ def int8_conv_weights(model: onnx.ModelProto, keep_float: Iterable[str] = ()) ->
     from onnx import numpy_helper
 
     keep = set(keep_float)
-    inits = {t.name: t for t in model.graph.initializer}
-    readers: dict[str, int] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
-    todo = [n for n in model.graph.node if n.op_type in _WEIGHT_AXIS and n.name not in keep and len(n.input) > 1
-            and n.input[1] in inits and readers[n.input[1]] == 1
-            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
-    if not todo:
+    if not _conv_weight_nodes(model, keep):
         return model
     try:
         model = upgraded(model, 13, "int8 Conv weights")
@@ -176,11 +168,21 @@ def int8_conv_weights(model: onnx.ModelProto, keep_float: Iterable[str] = ()) ->
         log.info("Conv weights stay float: %s", exc)
         return model
     inits = {t.name: t for t in model.graph.initializer}
-    by_name = {n.name: n for n in model.graph.node}
-    for n in todo:
-        node = by_name.get(n.name, n)
+    for node in _conv_weight_nodes(model, keep):
         _dequantized_weight(model, node, numpy_helper.to_array(inits[node.input[1]]), _WEIGHT_AXIS[node.op_type])
     return model
+
+
+def _conv_weight_nodes(model: onnx.ModelProto, keep: set[str]) -> list[onnx.NodeProto]:
+    """The Conv/ConvTranspose nodes (not in ``keep``) whose float weight is an initializer read by them alone."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    return [n for n in model.graph.node if n.op_type in _WEIGHT_AXIS and n.name not in keep and len(n.input) > 1
+            and n.input[1] in inits and readers[n.input[1]] == 1
+            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
 
 
 def _dequantized_weight(model: onnx.ModelProto, node: onnx.NodeProto, w: np.ndarray, axis: int) -> None:
