@@ -738,3 +738,17 @@ def l2_normalized(d: int = 16, seed: int = 0):
     g = helper.make_graph(nodes, "l2_normalized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, d])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, d])], inits)
     return _model(g, opset=18)
+
+
+def conv_then_token_linear(seed: int = 0):
+    """image[N, 3, 4, 16] (dynamic N) -> Conv 3->8 -> mean over H -> Transpose to tokens [N, 16, 8] -> MatMul + Add
+    (a 3-D linear layer, as in PP-OCRv4's SVTR neck) -> y[N, 16, 12]. Once its shapes are fixed, onnxslim fuses such a
+    MatMul+Add into Reshape-Gemm-Reshape: the form in which onnx2tf converted PP-OCRv4's recognizer wrong."""
+    rng = np.random.default_rng(seed)
+    n = helper.make_node
+    nodes = [n("Conv", ["image", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]), n("Relu", ["c"], ["r"]),
+             n("ReduceMean", ["r"], ["m"], axes=[2], keepdims=0), n("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+             n("MatMul", ["t", "w"], ["mm"]), n("Add", ["mm", "b"], ["y"])]
+    inits = [numpy_helper.from_array(_w(rng, 8, 3, 3, 3), "cw"), numpy_helper.from_array(_w(rng, 8, scale=0.1), "cb"),
+             numpy_helper.from_array(_w(rng, 8, 12), "w"), numpy_helper.from_array(_w(rng, 12, scale=0.1), "b")]
+    return float_graph("conv_then_token_linear", nodes, {"image": ["N", 3, 4, 16]}, {"y": ["N", 16, 12]}, inits)

@@ -142,6 +142,23 @@ def test_bad_retry_budget_is_one_line_exit_2(tmp_path, mlp_onnx, capsys, budget)
     assert not (tmp_path / "b").exists()
 
 
+def test_static_copy_keeps_a_3d_linear_layer_a_matmul(tmp_path):
+    """Fixing the input shapes folds shape chains, but does not fuse a 3-D MatMul+Add into Reshape-Gemm-Reshape:
+    onnx2tf converted that form of PP-OCRv4's recognizer wrong (TFLite cosine 0.83; 1.0000 unfused). The copy still
+    computes what the source does."""
+    from edgekit.converters.canonical import canonicalize
+    from edgekit.converters.shapes import fix_input_shapes
+
+    src = canonicalize(models.conv_then_token_linear())
+    fixed = fix_input_shapes(src, {"image": (1, 3, 4, 16)})
+    ops = [n.op_type for n in fixed.graph.node]
+    assert "Gemm" not in ops and "MatMul" in ops, ops
+    x = {"image": np.random.default_rng(0).standard_normal((1, 3, 4, 16)).astype(np.float32)}
+    want = models.ort_reference(models.save(src, tmp_path / "src.onnx"), x)["y"]
+    got = models.ort_reference(models.save(fixed, tmp_path / "fixed.onnx"), x)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)      # fp32, same ops
+
+
 def test_input_shapes_in_the_api_are_checked(tmp_path, dyn_onnx):
     with pytest.raises(InputError, match="positive"):
         edgekit.convert(dyn_onnx, tmp_path / "b", targets="onnx", input_shapes={"images": (1, 3, 0, 8)})
