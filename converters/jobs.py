@@ -202,8 +202,12 @@ def _export_and_check(job: VariantJob, ctx: JobContext, exp, src: Path, art: Pat
     return path, val
 
 
+#: ``_export``'s calibration default: the conversion's own data
+_CONTEXT_CALIBRATION: dict = {}
+
+
 def _export(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, keep: list[str],
-            calibration: dict | None | str = "context") -> Path:
+            calibration: dict | None = _CONTEXT_CALIBRATION) -> Path:
     """``job`` exported to ``art`` with ``keep`` nodes in float, on the conversion's calibration data (or the
     ``calibration`` given, None for none)."""
     _rm(art)
@@ -214,7 +218,7 @@ def _export(job: VariantJob, ctx: JobContext, exp, src: Path, art: Path, keep: l
         kw["calibration_method"] = ctx.calibration_method
     if keep:
         kw["keep_float"] = keep
-    calib = ctx.calib if isinstance(calibration, str) else calibration
+    calib = ctx.calib if calibration is _CONTEXT_CALIBRATION else calibration
     return Path(exp.export(src, art, job.prec, calibration=calib, **kw))
 
 

@@ -127,13 +127,14 @@ def dynamic_int8(src: Path, dst: Path, keep_float: Iterable[str] = (), per_chann
     model = onnx.load(str(src))
     keep_conv = keep + stem_nodes(model)
     with tempfile.TemporaryDirectory(prefix="edgekit-dyn-") as tmp:
-        tuned = Path(tmp) / "tuned.onnx"
+        tuned = src
         if calibration is not None:
             from .qtune import int8_grid_weights
 
             with step("dynamic int8: GPTQ rounding of the weights on the calibration data"):
                 model, _ = int8_grid_weights(model, samples(calibration, inputs), skip=keep_conv)
-        onnx.save(model, str(tuned))
+            tuned = Path(tmp) / "tuned.onnx"
+            onnx.save(model, str(tuned))
         mid = Path(tmp) / "dynamic.onnx"
         with step("dynamic int8 quantization (onnxruntime quantize_dynamic)"), _quiet():
             quantize_dynamic(str(tuned), str(mid), weight_type=QuantType.QInt8, per_channel=per_channel,

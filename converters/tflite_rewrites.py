@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .canonical import opset_of
+
 
 def edge_padded_max_pools(model: onnx.ModelProto) -> int:
     """Give each padded MaxPool (explicit ``pads`` or ``ceil_mode``) its padding as a ``Pad(mode="edge")`` in front.
@@ -234,7 +236,7 @@ def split_multi_axis_slices(model) -> int:
     """
     from onnx import helper, numpy_helper
 
-    consts, opset = _constants(model), _opset(model)
+    consts, opset = _constants(model), opset_of(model)
     taken = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
     out, rewritten = [], 0
     for node in model.graph.node:
@@ -296,10 +298,6 @@ def recurrent_inputs(model) -> list[str]:
     return [name for name in graph_inputs if name in seen]
 
 
-def _opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _fresh(base: str, taken: set[str]) -> str:
     """``base``, or ``base_1``, ``base_2`` ... whichever is not in ``taken`` yet (then taken)."""
     new, k = base, 1
@@ -317,7 +315,7 @@ def expand_reduce_l2(model: onnx.ModelProto) -> int:
     or a tuple of 2 unique integers, got 1": all-MiniLM-L6-v2's normalised embedding). The expanded form uses ops
     onnx2tf converts plainly.
     """
-    opset = _opset(model)
+    opset = opset_of(model)
     taken = {n.name for n in model.graph.node} | {i.name for i in model.graph.initializer}
     nodes, changed = [], 0
     for node in model.graph.node:

@@ -50,25 +50,26 @@ def interpreter_class():
 _DELEGATE_REFUSED = re.compile(r"XNNPack|XNNPACK|failed to prepare", re.IGNORECASE)
 
 
-def new_interpreter(Interpreter, threads: int | None = None, **source: Any):
+def new_interpreter(Interpreter, threads: int | None = None, delegate: str = "xnnpack", **source: Any):
     """An allocated interpreter (``source``: ``model_content=`` or ``model_path=``) and the delegate it runs on.
 
     LiteRT applies its XNNPACK delegate by default; XNNPACK refuses some graphs outright (an int8 MTCNN ONet from
     onnx2tf: "Node number 26 (TfLiteXNNPackDelegate) failed to prepare"), and LiteRT then fails the whole model.
-    Such a model is opened again on LiteRT's builtin kernels alone (slower, same results), delegate ``"none"``.
+    Such a model is opened again on LiteRT's builtin kernels alone (slower, same results), delegate ``"none"``
+    (which ``delegate="none"`` asks for at once).
     """
     kw = {"num_threads": int(threads)} if threads else {}
-    try:
-        with filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner (shown with --verbose)
-            interp = Interpreter(**source, **kw)
-            interp.allocate_tensors()
-        return interp, "xnnpack"
-    except (RuntimeError, ValueError) as exc:
-        resolver = _resolver(Interpreter)
-        if resolver is None or not _DELEGATE_REFUSED.search(str(exc)):
-            raise
+    if delegate == "xnnpack":
+        try:
+            with filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" banner (shown with --verbose)
+                interp = Interpreter(**source, **kw)
+                interp.allocate_tensors()
+            return interp, "xnnpack"
+        except (RuntimeError, ValueError) as exc:
+            if _resolver(Interpreter) is None or not _DELEGATE_REFUSED.search(str(exc)):
+                raise
     interp = Interpreter(**source, **kw,
-                         experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                         experimental_op_resolver_type=_resolver(Interpreter).BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interp.allocate_tensors()
     return interp, "none"
 
@@ -264,13 +265,8 @@ class LiteRTBackend(Backend):
         except Exception as exc:
             raise unreadable_error(path, "tflite", exc) from None
 
-        def make():
-            if delegate == "xnnpack":
-                return new_interpreter(Interpreter, threads, model_content=content)[0]
-            interp = Interpreter(model_content=content, num_threads=int(threads) if threads else None,
-                                 experimental_op_resolver_type=_resolver(Interpreter).BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            interp.allocate_tensors()
-            return interp
+        def make():   # more interpreters for concurrent calls, on the delegate the first one got
+            return new_interpreter(Interpreter, threads, delegate, model_content=content)[0]
 
         runner = LiteRTRunner(make, first)
         runner.delegate = delegate
