@@ -306,10 +306,8 @@ def test_standalone_erf_runs_without_flex(tool_env, tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     src = models.save(m, tmp_path / "erf.onnx")
-    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "erf.tflite", "fp32"))
     x = np.linspace(-3, 3, 16, dtype=np.float32)[None]
-    got = next(iter(sess.run({"x": x}).values()))
-    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-5)  # polynomial erf
+    _fp32_matches_onnxruntime(src, tmp_path / "erf.tflite", feeds={"x": x}, rtol=1e-7, atol=1e-5)  # polynomial erf
 
 
 def test_node_names_tensorflow_refuses_are_renamed(tool_env, tmp_path):
@@ -324,10 +322,8 @@ def test_node_names_tensorflow_refuses_are_renamed(tool_env, tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
     m.ir_version = 7
     src = models.save(m, tmp_path / "paddle_names.onnx")
-    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "names.tflite", "fp32"))
     x = np.linspace(-3, 3, 16, dtype=np.float32)[None]
-    got = next(iter(sess.run({"x": x}).values()))
-    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], atol=1e-6)   # float32 softmax
+    _fp32_matches_onnxruntime(src, tmp_path / "names.tflite", feeds={"x": x}, rtol=1e-7, atol=1e-6)  # fp32 softmax
 
 
 def test_tool_timeout_kills_the_child(tmp_path):
@@ -420,23 +416,26 @@ def test_dynamic_range_int8_of_a_token_model_runs_in_litert(tmp_path, capfd, tor
             assert _cosine(got, ref) >= 0.99, _cosine(got, ref)  # int8 weights, float activations
 
 
-def _fp32_matches_onnxruntime(src: Path, out: Path, n: int = 4, seed: int = 0) -> None:
-    """Export ``src`` at fp32, run it in LiteRT on ``n`` random samples (float inputs N(0, 1), int64 ones 16000)
-    and compare every output, by position, with ONNX Runtime's (the same float32 math: 1e-5)."""
+def _fp32_matches_onnxruntime(src: Path, out: Path, n: int = 4, seed: int = 0, feeds: dict | None = None,
+                              rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """Export ``src`` at fp32, run it in LiteRT on ``feeds`` (else ``n`` random samples: float inputs N(0, 1),
+    int64 ones 16000) and compare every output, by position, with ONNX Runtime's (the same float32 math: 1e-5 by
+    default)."""
     import onnx
 
     sess = edgekit.load(get_exporter("tflite").export(src, out, "fp32"))
     spec = onnx.load(str(src)).graph.input
     assert [i.name for i in sess.inputs] == [i.name for i in spec]    # the source's order, not LiteRT's sorted one
     rng = np.random.default_rng(seed)
-    for _ in range(n):
-        feeds = {i.name: np.array(16000, np.int64) if i.type.tensor_type.elem_type == onnx.TensorProto.INT64 else
-                 rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-                 for i in spec}
-        got, want = list(sess.run(feeds).values()), list(models.ort_reference(src, feeds).values())
+    samples = [feeds] if feeds is not None else [
+        {i.name: np.array(16000, np.int64) if i.type.tensor_type.elem_type == onnx.TensorProto.INT64 else
+         rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32) for i in spec}
+        for _ in range(n)]
+    for f in samples:
+        got, want = list(sess.run(f).values()), list(models.ort_reference(src, f).values())
         assert [g.shape for g in got] == [w.shape for w in want]
         for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
 
 
 @pytest.mark.slow
@@ -479,7 +478,5 @@ def test_reduce_l2_normalised_embedding(tool_env, tmp_path):
     """A sentence-transformer's normalised embedding (ReduceL2): onnx2tf's tf.norm refused it; the copy given to
     onnx2tf computes Sqrt(ReduceSum(x * x)) instead."""
     src = models.save(models.l2_normalized(), tmp_path / "l2.onnx")
-    sess = edgekit.load(get_exporter("tflite").export(src, tmp_path / "l2.tflite", "fp32"))
     x = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)
-    got = next(iter(sess.run({"x": x}).values()))
-    np.testing.assert_allclose(got, models.ort_reference(src, {"x": x})["y"], rtol=1e-5, atol=1e-6)  # fp32
+    _fp32_matches_onnxruntime(src, tmp_path / "l2.tflite", feeds={"x": x}, rtol=1e-5, atol=1e-6)  # fp32
